@@ -1,0 +1,3 @@
+from chambers.cli import main
+
+main()
