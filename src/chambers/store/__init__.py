@@ -1,0 +1,1 @@
+"""The Store adapter: SQLAlchemy (async) over SQLite by default or PostgreSQL."""

@@ -1,0 +1,210 @@
+"""SqlRunStore: the RunStore port (core/runs.py) on the SQL store's engine.
+
+The queue is the `runs` table. A worker claims the oldest queued run with one conditional UPDATE whose
+target is picked by a subquery (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two processes never take the
+same run; on SQLite the UPDATE takes the write lock first, which serialises claims the same way.
+Notices go to the webhook outbox in the transaction of the change they describe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
+
+from chambers.core.models import Notice, Page
+from chambers.core.runs import Run
+from chambers.store.sql import _write_notices, row_utc
+from chambers.store.tables import runs, turns
+
+_TIMES = ("created_at", "started_at", "ended_at", "lease_until")
+_STORED = tuple(c.name for c in runs.columns)
+
+# The state a client sees: a running run whose turn waits for an answer is `waiting_for_input`.
+STATE = case(
+    (and_(runs.c.status == "running", turns.c.status == "waiting_for_input"), "waiting_for_input"),
+    else_=runs.c.status,
+)
+
+
+def _select() -> Select[Any]:
+    return select(
+        runs, turns.c.status.label("turn_status"), turns.c.pending.label("turn_pending")
+    ).select_from(runs.outerjoin(turns, turns.c.id == runs.c.turn_id))
+
+
+def _run(row: RowMapping) -> Run:
+    values = row_utc(row, *_TIMES)
+    values["submitter_scopes"] = frozenset(s for s in (values["submitter_scopes"] or "").split(",") if s)
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Run(**values)
+
+
+def _values(run: Run) -> dict[str, Any]:
+    values = {name: getattr(run, name) for name in _STORED}
+    values["submitter_scopes"] = ",".join(sorted(run.submitter_scopes))
+    return values
+
+
+class SqlRunStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    async def create_run(self, run: Run, notices: Sequence[Notice]) -> tuple[Run, bool]:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(runs).values(**_values(run)))
+                await _write_notices(conn, notices)
+        except IntegrityError:
+            if run.idempotency_key is None:
+                raise
+            first = await self.find_run_by_key(run.org_id, run.idempotency_key)
+            if first is None:
+                raise
+            return first, False
+        return run, True
+
+    async def find_run_by_key(self, org_id: str, key: str) -> Run | None:
+        return await self._one(_select().where(runs.c.org_id == org_id, runs.c.idempotency_key == key))
+
+    async def get_run(self, run_id: str, org_id: str | None = None) -> Run | None:
+        query = _select().where(runs.c.id == run_id)
+        if org_id is not None:
+            query = query.where(runs.c.org_id == org_id)
+        return await self._one(query)
+
+    async def list_runs(self, org_id: str, *, state: str | None, cursor: str | None, limit: int) -> Page[Run]:
+        query = _select().where(runs.c.org_id == org_id)
+        if state is not None:
+            query = query.where(STATE == state)
+        if cursor is not None:
+            query = query.where(runs.c.id < cursor)
+        query = query.order_by(runs.c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        items = [_run(r) for r in rows[:limit]]
+        return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    async def claim_run(
+        self, owner: str, now: datetime, lease_until: datetime, started: Callable[[Run], Notice]
+    ) -> Run | None:
+        oldest = select(runs.c.id).where(runs.c.status == "queued").order_by(runs.c.id).limit(1)
+        if self.dialect == "postgresql":
+            oldest = oldest.with_for_update(skip_locked=True)
+        async with self.engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id == oldest.scalar_subquery(), runs.c.status == "queued")
+                    .values(
+                        status="running",
+                        attempts=runs.c.attempts + 1,
+                        started_at=now,
+                        turn_id=None,
+                        owner=owner,
+                        lease_until=lease_until,
+                    )
+                    .returning(runs.c.id)
+                )
+            ).scalar()
+            if claimed is None:
+                return None
+            run = await self._read(conn, claimed)
+            await _write_notices(conn, [started(run)])
+        return run
+
+    async def update_run(self, run_id: str, **fields: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(runs).where(runs.c.id == run_id).values(**fields))
+
+    async def request_cancel(self, run_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "running")
+                .values(cancel_requested=True)
+            )
+        return result.rowcount > 0
+
+    async def cancel_queued(
+        self, run_id: str, now: datetime, cancelled: Callable[[Run], Notice]
+    ) -> Run | None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "queued")
+                .values(status="cancelled", cancel_requested=True, ended_at=now)
+            )
+            if result.rowcount == 0:
+                return None
+            run = await self._read(conn, run_id)
+            await _write_notices(conn, [cancelled(run)])
+        return run
+
+    async def finish_run(self, run_id: str, notices: Sequence[Notice], **fields: Any) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.status == "running").values(**fields)
+            )
+            if result.rowcount > 0:
+                await _write_notices(conn, notices)
+        return result.rowcount > 0
+
+    async def requeue_run(self, run_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "running")
+                .values(status="queued", turn_id=None, owner=None, lease_until=None)
+            )
+        return result.rowcount > 0
+
+    async def renew_run_leases(self, owner: str, run_ids: Sequence[str], until: datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(list(run_ids)), runs.c.owner == owner, runs.c.status == "running")
+                .values(lease_until=until)
+            )
+
+    async def orphaned_runs(self, owner: str, now: datetime) -> list[Run]:
+        query = (
+            _select()
+            .where(
+                runs.c.status == "running",
+                or_(runs.c.owner == owner, runs.c.owner.is_(None), runs.c.lease_until < now),
+            )
+            .order_by(runs.c.id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_run(r) for r in rows]
+
+    async def adopt_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(runs)
+                .where(
+                    runs.c.id == run_id,
+                    runs.c.status == "running",
+                    or_(runs.c.owner == owner, runs.c.owner.is_(None), runs.c.lease_until < now),
+                )
+                .values(owner=owner, lease_until=lease_until)
+            )
+        return result.rowcount > 0
+
+    async def _read(self, conn: AsyncConnection, run_id: str) -> Run:
+        row = (await conn.execute(_select().where(runs.c.id == run_id))).mappings().one()
+        return _run(row)
+
+    async def _one(self, query: Select[Any]) -> Run | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _run(row)

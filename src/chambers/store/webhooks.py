@@ -1,0 +1,420 @@
+"""WebhookStore: subscriptions, the delivery queue and the attempt log, on the SqlStore's engine.
+
+The outbox rows themselves are written by `SqlStore` in the transaction of each state change
+(`_write_notices`); this module reads and works that queue. Claiming is safe with several processes:
+a claim is a conditional UPDATE of `lease_until` (on PostgreSQL after `SELECT ... FOR UPDATE SKIP
+LOCKED`), and results are written only while the claimer's lease still stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import and_, delete, exists, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chambers.core.clock import as_utc
+from chambers.core.ids import new_id
+from chambers.core.models import Page
+from chambers.store.tables import (
+    outbox_events,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_subscriptions,
+)
+from chambers.webhooks.models import Attempt, AttemptResult, DueDelivery, Subscription
+
+_subs = webhook_subscriptions
+_dlv = webhook_deliveries
+_att = webhook_attempts
+Outcome = Literal["delivered", "retry", "dead", "disabled"]
+_ERROR_LIMIT = 1000
+_REASON_LIMIT = 500
+
+
+def _subscription(row: RowMapping) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        org_id=row["org_id"],
+        url=row["url"],
+        event_types=list(row["event_types"] or []),
+        description=row["description"],
+        status=row["status"],
+        consecutive_failures=row["consecutive_failures"],
+        created_at=as_utc(row["created_at"]),
+        updated_at=as_utc(row["updated_at"]),
+        disabled_at=as_utc(row["disabled_at"]) if row["disabled_at"] is not None else None,
+        disabled_reason=row["disabled_reason"],
+    )
+
+
+_PUBLIC_COLUMNS = [c for c in _subs.c if c.name != "secret"]
+
+
+class WebhookStore:
+    """Queries of the webhooks feature. Every method is one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # subscriptions
+
+    async def create(self, subscription: Subscription, sealed_secret: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(_subs).values(
+                    id=subscription.id,
+                    org_id=subscription.org_id,
+                    url=subscription.url,
+                    event_types=subscription.event_types,
+                    description=subscription.description,
+                    secret=sealed_secret,
+                    status=subscription.status,
+                    consecutive_failures=0,
+                    created_at=subscription.created_at,
+                    updated_at=subscription.updated_at,
+                )
+            )
+
+    async def get(self, org_id: str, subscription_id: str) -> Subscription | None:
+        query = select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else _subscription(row)
+
+    async def page(self, org_id: str, cursor: str | None, limit: int) -> Page[Subscription]:
+        query = select(*_PUBLIC_COLUMNS).where(_subs.c.org_id == org_id)
+        if cursor is not None:
+            query = query.where(_subs.c.id < cursor)
+        query = query.order_by(_subs.c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        items = [_subscription(r) for r in rows[:limit]]
+        return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    async def update(
+        self, org_id: str, subscription_id: str, now: datetime, **fields: Any
+    ) -> Subscription | None:
+        """Change the given columns. Re-enabling resets the failure count and makes waiting
+        deliveries due at once; disabling keeps them pending until the subscription is enabled."""
+        async with self.engine.begin() as conn:
+            current = await self._locked(conn, org_id, subscription_id)
+            if current is None:
+                return None
+            values = dict(fields, updated_at=now)
+            status = fields.get("status")
+            if status == "active" and current["status"] != "active":
+                values.update(consecutive_failures=0, disabled_at=None, disabled_reason=None)
+                await conn.execute(
+                    update(_dlv)
+                    .where(
+                        _dlv.c.subscription_id == subscription_id,
+                        _dlv.c.status == "pending",
+                        _dlv.c.next_attempt_at > now,
+                    )
+                    .values(next_attempt_at=now)
+                )
+            elif status == "disabled" and current["status"] != "disabled":
+                values.update(disabled_at=now, disabled_reason="disabled through the API")
+            await conn.execute(update(_subs).where(_subs.c.id == subscription_id).values(**values))
+            row = (
+                (await conn.execute(select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id)))
+                .mappings()
+                .one()
+            )
+        return _subscription(row)
+
+    async def set_secret(self, org_id: str, subscription_id: str, sealed_secret: str, now: datetime) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(_subs)
+                .where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
+                .values(secret=sealed_secret, updated_at=now)
+            )
+        return result.rowcount > 0
+
+    async def delete(self, org_id: str, subscription_id: str) -> bool:
+        """Remove the subscription with its queue and log (its outbox events stay)."""
+        async with self.engine.begin() as conn:
+            if await self._locked(conn, org_id, subscription_id) is None:
+                return False
+            await conn.execute(delete(_att).where(_att.c.subscription_id == subscription_id))
+            await conn.execute(delete(_dlv).where(_dlv.c.subscription_id == subscription_id))
+            await conn.execute(delete(_subs).where(_subs.c.id == subscription_id))
+        return True
+
+    async def _locked(self, conn: AsyncConnection, org_id: str, subscription_id: str) -> RowMapping | None:
+        query = select(_subs.c.id, _subs.c.status).where(
+            _subs.c.id == subscription_id, _subs.c.org_id == org_id
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update()
+        return (await conn.execute(query)).mappings().first()
+
+    async def enqueue_test(
+        self, org_id: str, subscription_id: str, event_type: str, payload: dict[str, Any], now: datetime
+    ) -> tuple[str, str]:
+        """An outbox event addressed to this one subscription; returns (event id, delivery id)."""
+        event_id, delivery_id = new_id("evt"), new_id("dlv")
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(outbox_events).values(
+                    id=event_id,
+                    org_id=org_id,
+                    type=event_type,
+                    session_id=None,
+                    payload=payload,
+                    created_at=now,
+                )
+            )
+            await conn.execute(
+                insert(_dlv).values(
+                    id=delivery_id,
+                    subscription_id=subscription_id,
+                    event_id=event_id,
+                    event_type=event_type,
+                    ordering_key=event_id,
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+        return event_id, delivery_id
+
+    async def attempts(self, subscription_id: str, cursor: str | None, limit: int) -> Page[Attempt]:
+        """The delivery log, newest attempt first."""
+        query = (
+            select(_att, _dlv.c.status.label("delivery_status"))
+            .join(_dlv, _dlv.c.id == _att.c.delivery_id)
+            .where(_att.c.subscription_id == subscription_id)
+        )
+        if cursor is not None:
+            query = query.where(_att.c.id < cursor)
+        query = query.order_by(_att.c.id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        items = [
+            Attempt(
+                id=r["id"],
+                delivery_id=r["delivery_id"],
+                event_id=r["event_id"],
+                event_type=r["event_type"],
+                attempt=r["attempt"],
+                status_code=r["status_code"],
+                error=r["error"],
+                duration_ms=r["duration_ms"],
+                next_retry_at=as_utc(r["next_retry_at"]) if r["next_retry_at"] is not None else None,
+                created_at=as_utc(r["created_at"]),
+                delivery_status=r["delivery_status"],
+            )
+            for r in rows[:limit]
+        ]
+        return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+
+    # the delivery queue
+
+    async def claim(
+        self,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        in_flight: Mapping[str, int] | None = None,
+        per_subscription: int | None = None,
+    ) -> list[DueDelivery]:
+        """Lease up to `limit` due deliveries of active subscriptions.
+
+        A delivery is due when it is pending, its next attempt time has come, nobody holds a live
+        lease on it, and no older delivery of the same subscription and ordering key is still
+        pending: per-session order holds even while an earlier event is being retried.
+        With `per_subscription`, a subscription that already has that many deliveries in flight
+        (`in_flight`, this process's count) gets no more, so one slow receiver cannot take every slot.
+        """
+        if limit <= 0:
+            return []
+        older = _dlv.alias("older")
+        blocked = exists().where(
+            older.c.subscription_id == _dlv.c.subscription_id,
+            older.c.ordering_key == _dlv.c.ordering_key,
+            older.c.status == "pending",
+            or_(
+                older.c.created_at < _dlv.c.created_at,
+                and_(older.c.created_at == _dlv.c.created_at, older.c.event_id < _dlv.c.event_id),
+            ),
+        )
+        free = or_(_dlv.c.lease_until.is_(None), _dlv.c.lease_until < now)
+        query = (
+            select(
+                _dlv.c.id,
+                _dlv.c.subscription_id,
+                _dlv.c.event_id,
+                _dlv.c.event_type,
+                _dlv.c.ordering_key,
+                _dlv.c.attempts,
+                _subs.c.url,
+                _subs.c.secret,
+                outbox_events.c.payload,
+            )
+            .join(_subs, _subs.c.id == _dlv.c.subscription_id)
+            .join(outbox_events, outbox_events.c.id == _dlv.c.event_id)
+            .where(
+                _dlv.c.status == "pending",
+                _dlv.c.next_attempt_at <= now,
+                free,
+                _subs.c.status == "active",
+                ~blocked,
+            )
+            .order_by(_dlv.c.next_attempt_at, _dlv.c.created_at, _dlv.c.event_id)
+            .limit(limit if per_subscription is None else limit * 4)
+        )
+        counts = dict(in_flight or {})
+        full = [sid for sid, n in counts.items() if per_subscription is not None and n >= per_subscription]
+        if full:
+            query = query.where(_dlv.c.subscription_id.not_in(full))
+        if self.dialect == "postgresql":
+            query = query.with_for_update(of=_dlv, skip_locked=True)
+        claimed: list[DueDelivery] = []
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+            for row in rows:
+                if len(claimed) >= limit:
+                    break
+                taken = counts.get(row["subscription_id"], 0)
+                if per_subscription is not None and taken >= per_subscription:
+                    continue
+                # The conditional update is the claim (on SQLite the only guard; on PostgreSQL the
+                # row lock already holds it, and the condition costs nothing).
+                result = await conn.execute(
+                    update(_dlv)
+                    .where(_dlv.c.id == row["id"], _dlv.c.status == "pending", free)
+                    .values(lease_until=lease_until)
+                )
+                if result.rowcount == 0:
+                    continue
+                counts[row["subscription_id"]] = taken + 1
+                claimed.append(
+                    DueDelivery(
+                        id=row["id"],
+                        subscription_id=row["subscription_id"],
+                        event_id=row["event_id"],
+                        event_type=row["event_type"],
+                        ordering_key=row["ordering_key"],
+                        attempts=row["attempts"],
+                        lease_until=lease_until,
+                        url=row["url"],
+                        sealed_secret=row["secret"],
+                        payload=dict(row["payload"]),
+                    )
+                )
+        return claimed
+
+    async def record(
+        self,
+        due: DueDelivery,
+        result: AttemptResult,
+        now: datetime,
+        next_attempt_at: datetime | None,
+        disable_after: int,
+    ) -> Outcome | None:
+        """Write an attempt's outcome while our lease stands: delivered, retried at
+        `next_attempt_at`, or dead (None). A dead delivery counts as one more consecutive failure of
+        its subscription, which is disabled at `disable_after`; a success resets the count.
+        Returns what happened, or None when the lease was lost (or the subscription deleted) and
+        nothing was written."""
+        attempt = due.attempts + 1
+        error = result.error[:_ERROR_LIMIT] if result.error else None
+        outcome: Outcome
+        if result.ok:
+            outcome, status, retry_at = "delivered", "delivered", None
+        elif next_attempt_at is None:
+            outcome, status, retry_at = "dead", "dead", None
+        else:
+            outcome, status, retry_at = "retry", "pending", next_attempt_at
+        values: dict[str, Any] = {
+            "status": status,
+            "attempts": attempt,
+            "lease_until": None,
+            "last_status_code": result.status_code,
+            "last_error": error,
+            "last_duration_ms": result.duration_ms,
+        }
+        if status == "delivered":
+            values["delivered_at"] = now
+        if retry_at is not None:
+            values["next_attempt_at"] = retry_at
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(_dlv)
+                .where(
+                    _dlv.c.id == due.id,
+                    _dlv.c.status == "pending",
+                    _dlv.c.lease_until == due.lease_until,
+                )
+                .values(**values)
+            )
+            if changed.rowcount == 0:
+                return None
+            await conn.execute(
+                insert(_att).values(
+                    id=new_id("att"),
+                    delivery_id=due.id,
+                    subscription_id=due.subscription_id,
+                    event_id=due.event_id,
+                    event_type=due.event_type,
+                    attempt=attempt,
+                    status_code=result.status_code,
+                    error=error,
+                    duration_ms=result.duration_ms,
+                    next_retry_at=retry_at,
+                    created_at=now,
+                )
+            )
+            if status == "delivered":
+                await conn.execute(
+                    update(_subs)
+                    .where(_subs.c.id == due.subscription_id, _subs.c.consecutive_failures != 0)
+                    .values(consecutive_failures=0)
+                )
+            elif status == "dead":
+                await conn.execute(
+                    update(_subs)
+                    .where(_subs.c.id == due.subscription_id)
+                    .values(consecutive_failures=_subs.c.consecutive_failures + 1)
+                )
+                reason = (
+                    f"{disable_after} consecutive failed deliveries; the last: "
+                    f"{error or 'HTTP ' + str(result.status_code)}"
+                )
+                disabled = await conn.execute(
+                    update(_subs)
+                    .where(
+                        _subs.c.id == due.subscription_id,
+                        _subs.c.status == "active",
+                        _subs.c.consecutive_failures >= disable_after,
+                    )
+                    .values(
+                        status="disabled",
+                        disabled_at=now,
+                        disabled_reason=reason[:_REASON_LIMIT],
+                        updated_at=now,
+                    )
+                )
+                if disabled.rowcount > 0:
+                    return "disabled"
+        return outcome
+
+    async def release(self, leases: Sequence[DueDelivery]) -> None:
+        """Give leases back unused (shutdown): those deliveries are due again at once."""
+        if not leases:
+            return
+        async with self.engine.begin() as conn:
+            for due in leases:
+                await conn.execute(
+                    update(_dlv)
+                    .where(_dlv.c.id == due.id, _dlv.c.lease_until == due.lease_until)
+                    .values(lease_until=None)
+                )
