@@ -1,0 +1,230 @@
+"""PydanticAgentLoop: the AgentLoop port on pydantic-ai's `run_stream_events`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic_ai import Agent, AgentRunResultEvent, DeferredToolRequests, DeferredToolResults, Tool
+from pydantic_ai.exceptions import CallDeferred, RunCancelled, UsageLimitExceeded
+from pydantic_ai.messages import (
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    repair_messages,
+)
+from pydantic_ai.settings import ModelSettings
+from pydantic_ai.usage import UsageLimits
+
+from chambers.agent.models import ModelNotConfigured, ModelResolver, ResolvedModel
+from chambers.core.loop import (
+    LoopEvent,
+    LoopResult,
+    ModelCall,
+    Question,
+    TextDelta,
+    TextStarted,
+    ToolFinished,
+    ToolSpec,
+    ToolStarted,
+    TurnRequest,
+)
+from chambers.logs import scrub
+
+log = logging.getLogger("chambers.agent")
+
+ASK_USER = ToolSpec(
+    name="ask_user",
+    description=(
+        "Ask the user a question and wait for the answer. Use it for clarification or confirmation "
+        "you cannot do without. Optionally offer a short list of answer options."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "question": {"type": "string", "minLength": 1, "maxLength": 4000},
+            "options": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 20},
+        },
+        "required": ["question"],
+        "additionalProperties": False,
+    },
+)
+
+
+class PydanticAgentLoop:
+    """Starts turns on pydantic-ai agents built per turn from cached models."""
+
+    def __init__(self, resolver: ModelResolver) -> None:
+        self.resolver = resolver
+
+    def start(self, request: TurnRequest) -> _Run:
+        return _Run(self.resolver, request)
+
+
+class _Run:
+    def __init__(self, resolver: ModelResolver, request: TurnRequest) -> None:
+        self.resolver = resolver
+        self.request = request
+        self._handle: Any = None
+        self._cancel_requested = False
+
+    def cancel(self) -> None:
+        self._cancel_requested = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[LoopEvent]:
+        request = self.request
+        try:
+            resolved = self.resolver.resolve(request.model)
+        except ModelNotConfigured as exc:
+            yield LoopResult(
+                status="failed", messages=[], error={"code": "MODEL_NOT_CONFIGURED", "message": str(exc)}
+            )
+            return
+        agent = _agent(request, resolved)
+        deferred = DeferredToolResults(calls=dict(request.answers)) if request.answers else None
+        history = ModelMessagesTypeAdapter.validate_python(request.history) if request.history else None
+        if history and deferred is None:
+            # A turn cancelled mid-tool or while a question waited leaves unanswered calls; close them
+            # out so the new prompt is accepted.
+            history = repair_messages(history)
+        settings: ModelSettings = {}
+        if request.max_output_tokens:
+            settings["max_tokens"] = request.max_output_tokens
+        new: list[ModelMessage] = []
+        output: Any = None
+        try:
+            async with agent.run_stream_events(
+                request.user_text if deferred is None else None,
+                message_history=history,
+                deferred_tool_results=deferred,
+                usage_limits=UsageLimits(request_limit=request.max_requests),
+                model_settings=settings or None,
+            ) as handle:
+                self._handle = handle
+                if self._cancel_requested:
+                    handle.cancel()
+                async for event in handle:
+                    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                        yield TextStarted(event.part.content)
+                    elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                        if event.delta.content_delta:
+                            yield TextDelta(event.delta.content_delta)
+                    elif isinstance(event, FunctionToolCallEvent):
+                        if event.part.tool_name != ASK_USER.name:
+                            yield ToolStarted(
+                                event.part.tool_call_id, event.part.tool_name, event.part.args_as_dict()
+                            )
+                    elif isinstance(event, FunctionToolResultEvent):
+                        returned = event.part
+                        if returned.tool_name == ASK_USER.name:
+                            continue
+                        ok = not _is_error(returned.content)
+                        text = returned.model_response_str()
+                        yield ToolFinished(returned.tool_call_id, returned.tool_name, text, ok)
+                    elif isinstance(event, AgentRunResultEvent):
+                        new = event.result.new_messages()
+                        output = event.result.output
+        except RunCancelled as exc:
+            yield LoopResult(
+                status="cancelled",
+                messages=_dump(exc.new_messages()),
+                calls=_calls(exc.new_messages(), resolved),
+            )
+            return
+        except UsageLimitExceeded as exc:
+            yield LoopResult(status="failed", messages=[], error={"code": "TURN_LIMIT", "message": str(exc)})
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("turn %s failed: %s", request.turn_id, scrub(f"{type(exc).__name__}: {exc}"))
+            yield LoopResult(status="failed", messages=[], error=_provider_error(exc))
+            return
+        calls = _calls(new, resolved)
+        if isinstance(output, DeferredToolRequests):
+            questions = [
+                Question(
+                    c.tool_call_id, str(c.args_as_dict().get("question", "")), _options(c.args_as_dict())
+                )
+                for c in output.calls
+            ]
+            yield LoopResult(status="waiting", messages=_dump(new), calls=calls, questions=questions)
+            return
+        yield LoopResult(status="completed", messages=_dump(new), output=str(output or ""), calls=calls)
+
+
+def _agent(request: TurnRequest, resolved: ResolvedModel) -> Agent[None, Any]:
+    tools: list[Tool[None]] = [_tool(spec, request) for spec in request.tools]
+    output_type: list[Any] = [str]
+    if request.question_tool:
+        tools.append(Tool.from_schema(_ask_user, ASK_USER.name, ASK_USER.description, ASK_USER.parameters))
+        output_type.append(DeferredToolRequests)
+    return Agent(
+        resolved.model,
+        instructions=request.system_prompt,
+        tools=tools,
+        output_type=output_type,
+        retries=2,
+    )
+
+
+def _tool(spec: ToolSpec, request: TurnRequest) -> Tool[None]:
+    execute = request.execute_tool
+
+    async def call(**kwargs: Any) -> str:
+        if execute is None:
+            return "error: tools are not available in this session"
+        outcome = await execute(spec.name, kwargs)
+        return outcome.output if outcome.ok else f"error: {outcome.output}"
+
+    return Tool.from_schema(call, spec.name, spec.description, spec.parameters)
+
+
+async def _ask_user(**_kwargs: Any) -> str:
+    raise CallDeferred(kind="question")
+
+
+def _is_error(content: Any) -> bool:
+    return isinstance(content, str) and content.startswith("error: ")
+
+
+def _options(args: dict[str, Any]) -> list[str]:
+    options = args.get("options")
+    return [str(o) for o in options][:20] if isinstance(options, list) else []
+
+
+def _dump(messages: list[ModelMessage]) -> list[Any]:
+    dumped: list[Any] = ModelMessagesTypeAdapter.dump_python(messages, mode="json")
+    return dumped
+
+
+def _calls(messages: list[ModelMessage], resolved: ResolvedModel) -> list[ModelCall]:
+    return [
+        ModelCall(
+            model=f"{resolved.provider}/{m.model_name or resolved.name}",
+            provider=resolved.provider,
+            endpoint=resolved.endpoint,
+            input_tokens=m.usage.input_tokens,
+            output_tokens=m.usage.output_tokens,
+            timestamp=m.timestamp,
+        )
+        for m in messages
+        if isinstance(m, ModelResponse)
+    ]
+
+
+def _provider_error(exc: Exception) -> dict[str, Any]:
+    status = getattr(exc, "status_code", None)
+    message = scrub(str(getattr(exc, "message", None) or exc))[:500]
+    detail = f"the model provider returned {status}: {message}" if status else f"model call failed: {message}"
+    return {"code": "PROVIDER_ERROR", "message": detail, **({"upstreamStatus": status} if status else {})}

@@ -1,0 +1,1 @@
+"""HTTP adapters: FastAPI routers, SSE encoding, auth dependencies, the error envelope."""
