@@ -1,0 +1,1 @@
+"""EventBus adapters: in-process (default) and Redis Streams (scale-out)."""
