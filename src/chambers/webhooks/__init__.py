@@ -1,0 +1,1 @@
+"""Webhooks: subscriptions, Standard Webhooks signing, and the at-least-once deliverer."""
