@@ -1,0 +1,418 @@
+"""The EventBus conformance suite on each adapter, the Redis bus's own rules, and two replicas on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from chambers.bus.conformance import (
+    BusFactory,
+    EventBusSuite,
+    first_replay,
+    live,
+    new_session,
+    next_events,
+    next_item,
+    publish_n,
+    seqs,
+    subscribed,
+)
+from chambers.bus.memory import MemoryEventBus
+from chambers.bus.redis import BusUnavailable, RedisEventBus
+from chambers.core.events import Event, Replay
+from chambers.core.ports import EventBus
+from tests.conftest import auth, need_postgres, need_redis
+from tests.support import services
+from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text
+from tests.support.server import ServerProcess
+from tests.support.sse import events, read_until, turn_done
+
+
+class TestMemoryEventBus(EventBusSuite):
+    @pytest.fixture
+    async def make_bus(self) -> AsyncIterator[BusFactory]:
+        made: list[MemoryEventBus] = []
+
+        def make(*, buffer_size: int = 500, queue_limit: int = 10_000) -> EventBus:
+            made.append(MemoryEventBus(buffer_size=buffer_size, queue_limit=queue_limit))
+            return made[-1]
+
+        yield make
+        for bus in made:
+            await bus.close()
+
+    @pytest.fixture
+    def subscriber_count(self) -> Callable[[EventBus, str], int]:
+        def count(bus: EventBus, session_id: str) -> int:
+            assert isinstance(bus, MemoryEventBus)
+            log = bus._logs.get(session_id)
+            return len(log.subscribers) if log is not None else 0
+
+        return count
+
+    @pytest.fixture
+    def shares_backend(self) -> str | None:
+        return "MemoryEventBus instances share nothing: the in-process bus serves a single process"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    need_redis()
+    prefix = services.redis_prefix()
+    yield prefix
+    services.flush_prefix(prefix)
+
+
+@pytest.mark.redis
+class TestRedisEventBus(EventBusSuite):
+    @pytest.fixture
+    async def make_bus(self, redis_prefix: str) -> AsyncIterator[BusFactory]:
+        made: list[RedisEventBus] = []
+
+        def make(*, buffer_size: int = 500, queue_limit: int = 10_000) -> EventBus:
+            made.append(
+                RedisEventBus(
+                    services.REDIS_URL, prefix=redis_prefix, buffer_size=buffer_size, queue_limit=queue_limit
+                )
+            )
+            return made[-1]
+
+        yield make
+        for bus in made:
+            await bus.close()
+
+    @pytest.fixture
+    def subscriber_count(self) -> Callable[[EventBus, str], int]:
+        def count(bus: EventBus, session_id: str) -> int:
+            assert isinstance(bus, RedisEventBus)
+            return bus.local_subscribers(session_id)
+
+        return count
+
+
+# The Redis bus's own rules
+
+
+@pytest.fixture
+async def rbus(redis_prefix: str) -> AsyncIterator[RedisEventBus]:
+    bus = RedisEventBus(services.REDIS_URL, prefix=redis_prefix, buffer_size=500, ttl_s=600)
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+async def raw_redis() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(services.REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.redis
+async def test_each_session_is_a_capped_expiring_stream_with_its_own_counter(
+    rbus: RedisEventBus, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    session = new_session()
+    await publish_n(rbus, session, 1200)
+    stream, counter = f"{redis_prefix}:events:{session}", f"{redis_prefix}:seq:{session}"
+    assert await raw_redis.get(counter) == "1200"
+    length = await raw_redis.xlen(stream)
+    assert 500 <= length <= 700, length  # MAXLEN ~ 500 trims whole nodes (100 entries each by default)
+    assert 0 < await raw_redis.ttl(stream) <= 600 and 0 < await raw_redis.ttl(counter) <= 600
+    newest: Any = await raw_redis.xrevrange(stream, count=1)
+    ((_, fields),) = newest
+    assert Event.from_record(fields).seq == 1200 and fields["p"] == "1199"
+
+    forever = RedisEventBus(services.REDIS_URL, prefix=redis_prefix, ttl_s=0)
+    try:
+        kept = new_session()
+        await forever.publish(kept, "a", {})
+        await forever.seed(kept, 10)
+        assert await raw_redis.ttl(f"{redis_prefix}:events:{kept}") == -1
+        assert await raw_redis.ttl(f"{redis_prefix}:seq:{kept}") == -1
+    finally:
+        await forever.close()
+
+
+@pytest.mark.redis
+async def test_one_reader_connection_serves_every_local_subscriber(
+    rbus: RedisEventBus, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    sessions = [new_session() for _ in range(100)]
+    subs = [rbus.subscribe(s, 0) for s in sessions for _ in range(2)]
+    try:
+        for sub in subs:
+            await first_replay(sub)
+        assert rbus.local_subscribers() == 200
+        clients = await raw_redis.client_list()
+        readers = [c for c in clients if c.get("name") == f"{redis_prefix}:reader"]
+        assert len(readers) == 1, readers
+        for session in sessions:
+            await rbus.publish(session, "x", {"session": session})
+        for index, sub in enumerate(subs):
+            (event,) = await next_events(sub, 1)
+            assert event.session_id == sessions[index // 2]
+    finally:
+        for sub in subs:
+            await sub.aclose()  # type: ignore[attr-defined]
+    assert rbus.local_subscribers() == 0
+
+
+@pytest.mark.redis
+async def test_a_new_session_is_followed_at_once_while_the_reader_blocks(redis_prefix: str) -> None:
+    """The reader's XREAD is re-issued (woken) when a session joins, not after its block timeout."""
+    bus = RedisEventBus(services.REDIS_URL, prefix=redis_prefix, block_ms=30_000)
+    try:
+        async with subscribed(bus, new_session(), 0) as first:
+            await first_replay(first)
+            await asyncio.sleep(0.1)  # the reader is now blocked on the first session only
+            joining = new_session()
+            async with subscribed(bus, joining, None, heartbeat_s=0.05) as second:
+                await live(second)
+                started = time.monotonic()
+                await bus.publish(joining, "hello", {})
+                (event,) = await next_events(second, 1)
+                assert event.type == "hello" and time.monotonic() - started < 2
+    finally:
+        await bus.close()
+
+
+@pytest.mark.redis
+async def test_a_seed_jump_keeps_live_subscribers_but_lost_events_end_them(
+    rbus: RedisEventBus, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    session = new_session()
+    async with subscribed(rbus, session, 0) as sub:
+        await first_replay(sub)
+        await publish_n(rbus, session, 2)
+        assert seqs(await next_events(sub, 2)) == [1, 2]
+        await rbus.seed(session, 40)  # e.g. another replica seeded from the store: numbers jump, none lost
+        await publish_n(rbus, session, 1)
+        assert seqs(await next_events(sub, 1)) == [41]
+        # The session's keys vanish (expiry, a flushed Redis): this replica cannot know what it missed.
+        await raw_redis.delete(f"{redis_prefix}:events:{session}", f"{redis_prefix}:seq:{session}")
+        await rbus.seed(session, 50)
+        await publish_n(rbus, session, 1)
+        with pytest.raises(StopAsyncIteration):
+            await next_item(sub)
+    replay = await rbus.replay(session, 41)
+    assert (seqs(replay.events), replay.gap, replay.oldest_seq) == ([51], True, 51)
+
+
+@pytest.mark.redis
+async def test_a_subscriber_overtaken_while_joining_still_gets_every_event(
+    rbus: RedisEventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X reads an empty stream; before it registers, Y joins and the reader moves on: X reads again."""
+    session = new_session()
+    original = rbus._run_replay
+    paused, resume = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    async def overtaken(*args: Any) -> Any:
+        result = await original(*args)
+        calls.append(1)
+        if len(calls) == 1:
+            paused.set()
+            await resume.wait()
+        return result
+
+    monkeypatch.setattr(rbus, "_run_replay", overtaken)
+    x = rbus.subscribe(session, 0)
+    x_first = asyncio.create_task(next_item(x))
+    try:
+        await paused.wait()
+        await rbus.publish(session, "e", {"n": 1})
+        async with subscribed(rbus, session, 0) as y:
+            assert seqs((await first_replay(y)).events) == [1]
+            await rbus.publish(session, "e", {"n": 2})
+            assert seqs(await next_events(y, 1)) == [2]
+            resume.set()
+            replay = await x_first
+            assert isinstance(replay, Replay) and (seqs(replay.events), replay.gap) == ([1, 2], False)
+            await rbus.publish(session, "e", {"n": 3})
+            assert seqs(await next_events(x, 1)) == [3]
+    finally:
+        resume.set()
+        await x.aclose()  # type: ignore[attr-defined]
+
+
+class _Proxy:
+    """A TCP proxy in front of Redis that the test can take down and bring back on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.transport.abort()
+            self._writers.discard(dst)
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+@pytest.mark.redis
+async def test_losing_redis_fails_publishers_and_subscribers_and_it_recovers(redis_prefix: str) -> None:
+    target = urlsplit(services.REDIS_URL)
+    proxy = _Proxy((target.hostname or "127.0.0.1", target.port or 6379))
+    await proxy.start()
+    bus = RedisEventBus(proxy.url, prefix=redis_prefix, connect_timeout_s=1)
+    session = new_session()
+    try:
+        sub = bus.subscribe(session, 0)
+        await first_replay(sub)
+        await bus.publish(session, "before", {})
+        assert seqs(await next_events(sub, 1)) == [1]
+
+        await proxy.stop()
+        with pytest.raises(BusUnavailable):
+            await next_item(sub)
+        assert bus.local_subscribers() == 0
+        with pytest.raises(BusUnavailable):
+            await bus.publish(session, "lost", {})
+        with pytest.raises(BusUnavailable):
+            await bus.ping()
+        with pytest.raises(BusUnavailable):
+            await anext(bus.subscribe(session, 0))
+
+        await proxy.start()  # Redis is back: the same bus reconnects on its next command
+        await bus.ping()
+        async with subscribed(bus, session, 1) as again:
+            assert (await first_replay(again)).events == []
+            assert (await bus.publish(session, "after", {})).seq == 2
+            assert seqs(await next_events(again, 1)) == [2]
+    finally:
+        await bus.close()
+        await proxy.stop()
+
+
+# Two replicas: two servers on one PostgreSQL database and one Redis prefix
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_two_replicas_serve_one_session(make_server: Any, upstream: FakeUpstream) -> None:
+    """A session made on one replica streams, replays and takes turns on the other."""
+    need_postgres()
+    need_redis()
+    shared = {
+        "CHAMBERS_DATABASE_URL": services.create_database(),
+        "CHAMBERS_REDIS_URL": services.REDIS_URL,
+        "CHAMBERS_REDIS_KEY_PREFIX": services.redis_prefix(),
+    }
+    one: ServerProcess = make_server(**shared)
+    two: ServerProcess = make_server(**shared)
+    headers = auth(one.admin_key or "")
+    with (
+        httpx.Client(base_url=one.url, headers=headers, timeout=30) as a,
+        httpx.Client(base_url=two.url, headers=headers, timeout=30) as b,
+    ):
+        created = a.post("/agent/v1/chat", json={})
+        assert created.status_code == 201, created.text
+        chat_id = created.json()["id"]
+        assert b.get(f"/agent/v1/chat/{chat_id}").status_code == 200
+        ready = b.get("/readyz").json()
+        assert ready["checks"]["bus"] == {"ok": True}, ready
+
+        upstream.script(Reply([Text("seen ", chunks=1), Gate("half"), Text("everywhere", chunks=1)]))
+        collected: list[Any] = []
+        with b.stream("GET", f"/agent/v1/chat/{chat_id}/stream?lastEventId=0") as on_two:
+            result: dict[str, httpx.Response] = {}
+            sender = threading.Thread(
+                target=lambda: result.setdefault(
+                    "r",
+                    a.post(
+                        f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "hi"}]}
+                    ),
+                )
+            )
+            sender.start()
+            collected += read_until(on_two, lambda e: e.event == "message.part.updated")
+            upstream.release("half")
+            collected += read_until(on_two, turn_done())
+            sender.join(30)
+        assert result["r"].status_code == 200, result["r"].text
+        ids = [e.id for e in collected]
+        assert ids == list(range(1, len(ids) + 1)), ids
+        text = "".join(e.data.get("delta", "") for e in collected if e.event == "message.part.updated")
+        assert text == "seen everywhere"
+
+        # Replay on the replica that did not run the turn, from any point.
+        with b.stream("GET", f"/agent/v1/chat/{chat_id}/stream?lastEventId=2") as replayed:
+            again = read_until(replayed, turn_done())
+        assert [e.id for e in again] == ids[2:]
+
+        # The next turn runs through the other replica; its respond stream is complete.
+        upstream.script(Reply([Text("second")]))
+        with b.stream(
+            "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "again"}]}
+        ) as responded:
+            assert responded.status_code == 200
+            turn = list(events(responded))
+        assert turn[0].event == "turn.started" and turn[-1].event == "turn.completed"
+        assert turn[0].id is not None and ids[-1] is not None and turn[0].id > ids[-1]
+        assert a.get(f"/agent/v1/chat/{chat_id}/messages").status_code == 200
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_on_a_fresh_database_all_start(make_server: Any) -> None:
+    """Migrations run once: the other replicas wait for them instead of failing on existing tables."""
+    need_postgres()
+    shared = {"CHAMBERS_DATABASE_URL": services.create_database()}
+    replicas: list[ServerProcess] = [make_server(start=False, **shared) for _ in range(3)]
+    failures: list[BaseException] = []
+
+    def start(proc: ServerProcess) -> None:
+        try:
+            proc.start(timeout=90)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(proc,)) for proc in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    assert all(httpx.get(f"{proc.url}/readyz", timeout=10).status_code == 200 for proc in replicas)

@@ -1,0 +1,223 @@
+"""Several replicas on one PostgreSQL and one Redis serve one set of sessions, with no sticky routing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import auth, need, server_env
+from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
+from tests.support.server import ServerProcess
+from tests.support.sse import events, read_until, turn_done
+
+PG_ADMIN = os.environ.get("CHAMBERS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("CHAMBERS_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _reachable() -> tuple[bool, str]:
+    import asyncpg
+    import redis
+
+    async def pg() -> None:
+        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(pg())
+    except Exception as exc:
+        return False, f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}"
+    try:
+        redis.Redis.from_url(REDIS, socket_timeout=5).ping()
+    except Exception as exc:
+        return False, f"Redis is not reachable at {REDIS}: {exc}"
+    return True, ""
+
+
+class Cluster:
+    """N replicas sharing a fresh PostgreSQL database, Redis (own key prefix) and a snapshot directory."""
+
+    def __init__(self, root: Path, upstream: FakeUpstream, size: int, **env: str) -> None:
+        self.name = f"chambers_rep_{secrets.token_hex(4)}"
+        self.database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + self.name
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.name}"'))
+        shared = root / "snapshots"
+        common = server_env(
+            upstream,
+            CHAMBERS_DATABASE_URL=self.database_url,
+            CHAMBERS_REDIS_URL=REDIS,
+            CHAMBERS_REDIS_KEY_PREFIX=self.name,
+            CHAMBERS_SNAPSHOT_DIR=str(shared),
+            CHAMBERS_SECRET_KEY="f" * 43 + "=",
+            **env,
+        )
+        self.replicas = [ServerProcess(root / f"replica{i}", env=dict(common)) for i in range(size)]
+        self.replicas[0].start()
+        self.key = self.replicas[0].admin_key or ""
+        for replica in self.replicas[1:]:
+            replica.start()
+
+    async def _admin(self, sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_ADMIN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def client(self, index: int) -> httpx.Client:
+        return httpx.Client(base_url=self.replicas[index].url, headers=auth(self.key), timeout=60)
+
+    def close(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Any]:
+    ok, why = _reachable()
+    need(ok, why)
+    made: list[Cluster] = []
+
+    def make(size: int = 3, **env: str) -> Cluster:
+        made.append(Cluster(tmp_path / f"cluster{len(made)}", upstream, size, **env))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+def message(client: httpx.Client, chat_id: str, text: str) -> httpx.Response:
+    return client.post(f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": text}]})
+
+
+def test_create_on_a_stream_on_b_message_on_c(cluster: Any, upstream: FakeUpstream) -> None:
+    group = cluster()
+    with group.client(0) as a, group.client(1) as b, group.client(2) as c:
+        chat_id = a.post("/agent/v1/chat", json={}).json()["id"]
+        upstream.script(Reply([Text("seen everywhere", chunks=3)]))
+        with b.stream("GET", f"/agent/v1/chat/{chat_id}/stream") as feed:
+            answer = message(c, chat_id, "hello from c")
+            assert answer.status_code == 200, answer.text
+            seen = read_until(feed, turn_done())
+        assert seen[0].event == "turn.started"
+        assert (
+            "".join(e.data.get("delta", "") for e in seen if e.event == "message.part.updated")
+            == "seen everywhere"
+        )
+        assert a.get(f"/agent/v1/chat/{chat_id}").json()["turnCount"] == 1
+
+
+def test_cancel_on_b_stops_a_turn_running_on_a(cluster: Any, upstream: FakeUpstream) -> None:
+    group = cluster()
+    with group.client(0) as a, group.client(1) as b:
+        chat_id = a.post("/agent/v1/chat", json={}).json()["id"]
+        upstream.script(Reply([Text("warm up")]))
+        assert message(a, chat_id, "first, on a").status_code == 200  # a now owns the session
+        upstream.script(Reply([Text("slow start"), Gate("never")]), Reply([Text("after")]))
+        with a.stream(
+            "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "long"}]}
+        ) as response:
+            stream = events(response)
+            next(e for e in stream if e.event == "message.part.updated")
+            cancelled = b.post(f"/agent/v1/chat/{chat_id}/cancel", json={})
+            assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+            rest = list(stream)
+        assert rest[-1].event == "turn.completed" and rest[-1].data["status"] == "cancelled"
+        assert message(b, chat_id, "next").json()["parts"][0]["text"] == "after"
+
+
+def test_a_question_asked_on_a_is_answered_through_c(cluster: Any, upstream: FakeUpstream) -> None:
+    group = cluster()
+    with group.client(0) as a, group.client(2) as c:
+        chat_id = a.post("/agent/v1/chat", json={}).json()["id"]
+        upstream.script(
+            Reply([ToolCall("write_file", {"path": "owner.txt", "content": "a"})]),
+            Reply([ToolCall("ask_user", {"question": "Go on?"})]),
+            Reply([ToolCall("read_file", {"path": "owner.txt"})]),
+            Reply([Text("went on")]),
+        )
+        with a.stream("GET", f"/agent/v1/chat/{chat_id}/stream") as feed:
+            sender = threading.Thread(target=lambda: message(a, chat_id, "ask me"))
+            sender.start()
+            question = read_until(feed, lambda e: e.event == "question")[-1]
+            replied = c.post(
+                f"/agent/v1/chat/{chat_id}/question/{question.data['requestID']}/reply", json={"text": "yes"}
+            )
+            assert replied.status_code == 200, replied.text
+            rest = read_until(feed, turn_done())
+            sender.join(30)
+        assert rest[-1].data["status"] == "completed"
+        assert upstream.requests[-2].contains("yes")
+
+
+async def test_fifty_concurrent_messages_over_replicas_run_one_turn(
+    cluster: Any, upstream: FakeUpstream
+) -> None:
+    group = await asyncio.to_thread(cluster)
+    clients = [httpx.AsyncClient(base_url=r.url, headers=auth(group.key), timeout=60) for r in group.replicas]
+    try:
+        chat_id = (await clients[0].post("/agent/v1/chat", json={})).json()["id"]
+        upstream.script(Reply([Text("the one"), Gate("hold")]))
+        body = {"parts": [{"type": "text", "text": "race"}]}
+        tasks = [
+            asyncio.create_task(clients[i % 3].post(f"/agent/v1/chat/{chat_id}/message", json=body))
+            for i in range(50)
+        ]
+        await upstream.await_gate("hold")
+        refused = 0
+        while refused < 49:
+            done, _ = await asyncio.wait(
+                [t for t in tasks if not t.done()] or tasks, timeout=30, return_when=asyncio.FIRST_COMPLETED
+            )
+            assert done
+            refused = sum(1 for t in tasks if t.done() and t.result().status_code == 409)
+        upstream.release("hold")
+        results = await asyncio.gather(*tasks)
+        assert sorted(r.status_code for r in results) == [200] + [409] * 49
+        assert len([r for r in upstream.requests if r.contains("race")]) == 1
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_killing_the_owner_fails_its_turn_and_a_survivor_resumes(
+    cluster: Any, upstream: FakeUpstream
+) -> None:
+    group = cluster(2, CHAMBERS_LEASE_S="2")
+    with group.client(0) as a, group.client(1) as b:
+        chat_id = a.post("/agent/v1/chat", json={}).json()["id"]
+        upstream.script(
+            Reply([ToolCall("write_file", {"path": "kept.txt", "content": "checkpointed"})]),
+            Reply([Text("saved")]),
+        )
+        assert message(a, chat_id, "save on a").status_code == 200  # a owns it; the turn checkpoints
+        upstream.script(Reply([Text("dying"), Gate("never")]))
+        threading.Thread(target=lambda: _quietly(lambda: message(a, chat_id, "doomed")), daemon=True).start()
+        upstream.wait_for_gate("never")
+        turn_id = a.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
+        group.replicas[0].kill()
+        with b.stream("GET", f"/agent/v1/chat/{chat_id}/stream") as feed:
+            read_until(feed, lambda e: e.event == "turn.completed" and e.data["turnId"] == turn_id)
+        turn = b.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+        assert turn["status"] == "failed" and turn["error"]["code"] == "INTERRUPTED"
+        upstream.script(Reply([ToolCall("read_file", {"path": "kept.txt"})]), Reply([Text("restored")]))
+        assert message(b, chat_id, "load on b").json()["parts"][-1]["text"] == "restored"
+        assert upstream.requests[-1].contains("checkpointed")
+
+
+def _quietly(call: Any) -> None:
+    try:
+        call()
+    except httpx.HTTPError:
+        pass
