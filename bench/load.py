@@ -1,0 +1,713 @@
+"""The load generator: one asyncio process with httpx clients, started by `bench.run` once per scenario.
+
+    python -m bench.load '<json config>'   # prints one JSON object (the scenario's raw results)
+
+Every measurement runs the same client against Chambers and, as the baseline, against the fake upstream
+directly (OpenAI `POST /v1/chat/completions` with `stream: true`), one after the other in each repetition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.common import CpuMeter, median, raise_fd_limit, rss_kb, summarize
+
+PROMPT = "Benchmark turn: please answer."
+TURN_BODY = {"parts": [{"type": "text", "text": PROMPT}]}
+DIRECT_BODY = {
+    "model": "gpt-4o",
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "messages": [{"role": "user", "content": PROMPT}],
+}
+PLAIN_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
+PER_CLIENT = 200  # connections per httpx.AsyncClient; more streams spread over more clients
+now = time.perf_counter
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the JSON result)."""
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+# --- clients ----------------------------------------------------------------------------------------------
+
+
+class Clients:
+    """Several httpx.AsyncClients on one base URL, picked round-robin (small pools stay cheap)."""
+
+    def __init__(self, base_url: str, key: str, connections: int) -> None:
+        count = max(1, math.ceil(connections / PER_CLIENT))
+        limits = httpx.Limits(max_connections=PER_CLIENT, max_keepalive_connections=PER_CLIENT)
+        timeout = httpx.Timeout(300.0, connect=30.0, pool=120.0)
+        headers = {"Authorization": f"Bearer {key}"}
+        self.clients = [
+            httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=timeout)
+            for _ in range(count)
+        ]
+        self._next = 0
+
+    def pick(self) -> httpx.AsyncClient:
+        client = self.clients[self._next % len(self.clients)]
+        self._next += 1
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+# --- one streamed turn ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Stream:
+    """What the client saw of one streamed turn; times in seconds from `time.perf_counter`."""
+
+    start: float = 0.0
+    headers: float | None = None  # until the response headers (Chambers: after the store claimed the turn)
+    ttft: float | None = None  # until the first text delta
+    gaps: list[float] = field(default_factory=list)  # between consecutive text-delta events
+    arrivals: list[tuple[int, float]] = field(default_factory=list)  # (event id, time): fan-out only
+    events: int = 0  # text-delta events
+    tokens: int = 0  # upstream deltas they carried (more than `events` when the server coalesced)
+    ok: bool = False
+    error: str | None = None
+    end: float = 0.0
+
+
+class _Deltas:
+    """Records delta arrivals of one stream."""
+
+    def __init__(self, stream: Stream, token_len: int) -> None:
+        self.stream = stream
+        self.token_len = token_len
+        self.last = 0.0
+
+    def add(self, delta: str, at: float) -> None:
+        stream = self.stream
+        if stream.ttft is None:
+            stream.ttft = at - stream.start
+        else:
+            stream.gaps.append(at - self.last)
+        self.last = at
+        stream.events += 1
+        stream.tokens += max(1, len(delta) // self.token_len)
+
+
+def _field(event: bytes, name: bytes) -> bytes:
+    for line in event.split(b"\n"):
+        if line.startswith(name):
+            return line[len(name) :]
+    return b""
+
+
+async def chambers_turn(client: httpx.AsyncClient, chat_id: str, token_len: int) -> Stream:
+    """POST /agent/v1/chat/{id}/respond and read the turn's SSE until `turn.completed`."""
+    stream = Stream(start=now())
+    deltas = _Deltas(stream, token_len)
+    try:
+        async with client.stream("POST", f"/agent/v1/chat/{chat_id}/respond", json=TURN_BODY) as resp:
+            stream.headers = now() - stream.start
+            if resp.status_code != 200:
+                await resp.aread()
+                stream.error = f"HTTP {resp.status_code}"
+                return stream
+            buf = b""
+            async for chunk in resp.aiter_raw():
+                at = now()
+                *events, buf = (buf + chunk).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"event: message.part.updated"):
+                        delta = json.loads(_field(event, b"data: ")).get("delta")
+                        if delta:
+                            deltas.add(delta, at)
+                    elif event.startswith(b"event: turn.completed"):
+                        status = json.loads(_field(event, b"data: ")).get("status")
+                        stream.ok = status == "completed"
+                        stream.error = None if stream.ok else f"turn {status}"
+                        stream.end = at
+                        return stream
+            stream.error = "stream ended before turn.completed"
+    except httpx.HTTPError as exc:
+        stream.error = type(exc).__name__
+    except ValueError:
+        stream.error = "bad JSON in an event"
+    return stream
+
+
+async def direct_turn(client: httpx.AsyncClient, token_len: int) -> Stream:
+    """The baseline: the same client streaming a completion from the fake upstream directly."""
+    stream = Stream(start=now())
+    deltas = _Deltas(stream, token_len)
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=DIRECT_BODY) as resp:
+            stream.headers = now() - stream.start
+            if resp.status_code != 200:
+                await resp.aread()
+                stream.error = f"HTTP {resp.status_code}"
+                return stream
+            buf = b""
+            async for chunk in resp.aiter_raw():
+                at = now()
+                *events, buf = (buf + chunk).split(b"\n\n")
+                for event in events:
+                    if event == b"data: [DONE]":
+                        stream.ok = True
+                        stream.end = at
+                        return stream
+                    if event.startswith(b"data: "):
+                        choices = json.loads(event[6:]).get("choices") or [{}]
+                        content = choices[0].get("delta", {}).get("content")
+                        if content:
+                            deltas.add(content, at)
+            stream.error = "stream ended before [DONE]"
+    except httpx.HTTPError as exc:
+        stream.error = type(exc).__name__
+    except ValueError:
+        stream.error = "bad JSON in an event"
+    return stream
+
+
+# --- load shapes ------------------------------------------------------------------------------------------
+
+
+async def create_sessions(clients: Clients, count: int, concurrency: int = 16) -> list[str]:
+    """`count` new chat sessions on model `openai/gpt-4o`, created `concurrency` at a time."""
+    made: list[str] = []
+    todo = iter(range(count))
+
+    async def worker() -> None:
+        client = clients.pick()
+        for _ in todo:
+            resp = await client.post("/agent/v1/chat", json={"model": "openai/gpt-4o"})
+            resp.raise_for_status()
+            made.append(resp.json()["id"])
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return made
+
+
+def _timed_out(start: float) -> Stream:
+    return Stream(start=start, error="timeout")
+
+
+async def open_loop(
+    start_one: Callable[[int], Awaitable[Stream]], rate: float, count: int, timeout: float
+) -> tuple[list[Stream], dict[str, Any]]:
+    """Start `count` turns at a steady `rate` per second (open loop), then wait up to `timeout` s."""
+    live = peak = 0
+    live_at_arrival: list[int] = []
+    lag: list[float] = []
+    tasks: list[asyncio.Task[Stream]] = []
+
+    async def one(index: int) -> Stream:
+        nonlocal live, peak
+        live += 1
+        peak = max(peak, live)
+        try:
+            return await start_one(index)
+        finally:
+            live -= 1
+
+    t0 = now()
+    for index in range(count):
+        due = t0 + index / rate
+        if (delay := due - now()) > 0:
+            await asyncio.sleep(delay)
+        lag.append(now() - due)
+        live_at_arrival.append(live)
+        tasks.append(asyncio.create_task(one(index)))
+    span = now() - t0
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    streams = [t.result() if t in done else _timed_out(t0) for t in tasks]
+    steady = live_at_arrival[len(live_at_arrival) // 2 :] or [0]
+    shape = {
+        "target_rate": rate,
+        "achieved_rate": round((count - 1) / span, 2) if count > 1 and span > 0 else None,
+        "peak_live": peak,
+        "mean_live_second_half": round(sum(steady) / len(steady), 1),
+        "arrival_lag_ms_p99": round(summarize(lag, 1000).get("p99", 0.0), 2),
+    }
+    return streams, shape
+
+
+async def closed_loop(workers: int, duration: float, op: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
+    """`workers` loops doing `op` back to back for `duration` seconds: throughput and latency."""
+    latencies: list[float] = []
+    failures = 0
+    stop_at = now() + duration
+
+    async def worker() -> None:
+        nonlocal failures
+        while now() < stop_at:
+            t = now()
+            try:
+                ok = await op()
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                latencies.append(now() - t)
+            else:
+                failures += 1
+
+    t0 = now()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    elapsed = now() - t0
+    return {
+        "workers": workers,
+        "ok": len(latencies),
+        "failures": failures,
+        "per_s": round(len(latencies) / elapsed, 1),
+        "latency_ms": brief(summarize(latencies, 1000)),
+        "wall_s": round(elapsed, 3),
+    }
+
+
+def brief(stats: dict[str, Any]) -> dict[str, Any]:
+    """A summary without its quantile curve."""
+    return {k: v for k, v in stats.items() if k != "curve"}
+
+
+def stream_stats(streams: list[Stream], wall_s: float, curves: bool = True) -> dict[str, Any]:
+    """A phase: TTFT, header and gap distributions (ms), errors, events and coalesced deltas."""
+    good = [s for s in streams if s.ok]
+    errors: dict[str, int] = {}
+    for s in streams:
+        if not s.ok:
+            errors[s.error or "unknown"] = errors.get(s.error or "unknown", 0) + 1
+    keep = (lambda d: d) if curves else brief
+    events = sum(s.events for s in good)
+    tokens = sum(s.tokens for s in good)
+    return {
+        "streams": len(streams),
+        "ok": len(good),
+        "errors": errors,
+        "error_rate": (len(streams) - len(good)) / len(streams) if streams else 0.0,
+        "ttft_ms": keep(summarize((s.ttft for s in good if s.ttft is not None), 1000)),
+        "headers_ms": brief(summarize((s.headers for s in good if s.headers is not None), 1000)),
+        "gap_ms": keep(summarize((g for s in good for g in s.gaps), 1000)),
+        "turn_ms": brief(summarize((s.end - s.start for s in good), 1000)),
+        "delta_events": events,
+        "upstream_deltas": tokens,
+        "coalesced_deltas": tokens - events,
+        "wall_s": round(wall_s, 3),
+    }
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds in the background."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.before = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_kb(self.pid))
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self.before = self.peak = rss_kb(self.pid)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.peak = max(self.peak, rss_kb(self.pid))
+
+
+# --- scenarios --------------------------------------------------------------------------------------------
+
+
+class Scenario:
+    """Configuration, clients and meters of one run of one scenario."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.token_len = len(cfg.get("token_text", "tok "))
+        self.pause = float(cfg.get("pause_s", 1.0))
+        self.server_pid = int(cfg["server_pid"])
+        connections = int(cfg.get("connections", 400))
+        self.chambers = Clients(cfg["chambers_url"], cfg["key"], connections)
+        self.direct = Clients(cfg["upstream_url"], "bench-key", connections)
+        pids = {"server": self.server_pid, "upstream": int(cfg["upstream_pid"]), "client": os.getpid()}
+        self.cpu = CpuMeter(pids)
+
+    async def close(self) -> None:
+        await self.chambers.close()
+        await self.direct.close()
+
+    async def settle(self) -> None:
+        """Between phases: collect garbage and let the processes go quiet."""
+        gc.collect()
+        await asyncio.sleep(self.pause)
+
+    async def warm_up(self, sessions: list[str]) -> None:
+        """Unmeasured turns on both paths (lazy imports, connection pools, caches)."""
+        await asyncio.gather(*(chambers_turn(self.chambers.pick(), s, self.token_len) for s in sessions))
+        await asyncio.gather(*(direct_turn(self.direct.pick(), self.token_len) for _ in sessions))
+
+    def starter(self, target: str, sessions: list[str]) -> Callable[[int], Awaitable[Stream]]:
+        """Starts stream `i` of a phase: a direct completion, or a turn on `sessions[i]`."""
+        if target == "direct":
+            return lambda _i: direct_turn(self.direct.pick(), self.token_len)
+        return lambda i: chambers_turn(self.chambers.pick(), sessions[i], self.token_len)
+
+
+def _added(reps: list[dict[str, Any]], metric: str, pct: str) -> float:
+    return median(
+        [r["chambers"][metric].get(pct, math.nan) - r["direct"][metric].get(pct, math.nan) for r in reps]
+    )
+
+
+async def turn_overhead(sc: Scenario) -> dict[str, Any]:
+    """Metric 1: TTFT and inter-delta gaps at steady arrival rates of new turns, paired with direct.
+
+    Rates run in ascending order; once the server is overloaded at one (CPU near a core, or TTFT
+    added by more than `overload_ttft_ms`), the remaining rates are skipped except `target_rate`.
+    """
+    cfg = sc.cfg
+    duration, reps = float(cfg["duration_s"]), int(cfg["reps"])
+    target_rate = float(cfg.get("target_rate", 20))
+    overload_ms = float(cfg.get("overload_ttft_ms", 100))
+    warm = await create_sessions(sc.chambers, int(cfg.get("warmup_turns", 10)))
+    await sc.warm_up(warm)
+    out: list[dict[str, Any]] = []
+    overloaded = False
+    for rate in [float(r) for r in cfg["rates"]]:
+        if overloaded and rate != target_rate:
+            out.append({"rate": rate, "skipped": "a lower rate already overloaded the server"})
+            continue
+        count = max(2, int(rate * duration))
+        sessions = await create_sessions(sc.chambers, count * reps)
+        reps_out: list[dict[str, Any]] = []
+        for rep in range(reps):
+            entry: dict[str, Any] = {"rep": rep + 1}
+            for target in ("direct", "chambers"):
+                await sc.settle()
+                mine = sessions[rep * count : (rep + 1) * count]
+                sc.cpu.start()
+                t0 = now()
+                streams, shape = await open_loop(sc.starter(target, mine), rate, count, duration + 240)
+                stats = stream_stats(streams, now() - t0)
+                stats["cpu"] = sc.cpu.stop()
+                stats["load"] = shape
+                entry[target] = stats
+            reps_out.append(entry)
+        added_ttft = _added(reps_out, "ttft_ms", "p50")
+        server_cpu = median([r["chambers"]["cpu"]["server"] for r in reps_out])
+        log(f"turn overhead at {rate:g}/s: added TTFT p50 {added_ttft:.1f} ms, server CPU {server_cpu:.2f}")
+        if added_ttft > overload_ms or server_cpu > 0.9:
+            overloaded = True
+        out.append({"rate": rate, "turns_per_rep": count, "reps": reps_out, "overloaded": overloaded})
+    return {"rates": out}
+
+
+async def capacity(sc: Scenario) -> dict[str, Any]:
+    """Metric 2: concurrent streaming turns (one per session), level by level, with the server's RSS.
+
+    A level passes while the added gap p99 stays within `max_added_gap_p99_ms` and errors within
+    `max_error_rate`; the first failing level ends the ramp.
+    """
+    cfg = sc.cfg
+    reps = int(cfg["reps"])
+    max_gap = float(cfg.get("max_added_gap_p99_ms", 25.0))
+    max_errors = float(cfg.get("max_error_rate", 0.001))
+    ramp = float(cfg.get("ramp_per_s", 400.0))
+    warm = await create_sessions(sc.chambers, 10)
+    await sc.warm_up(warm)
+    await sc.settle()
+    idle_count = int(cfg.get("idle_sessions", 1000))
+    rss0 = rss_kb(sc.server_pid)
+    pool = await create_sessions(sc.chambers, idle_count)
+    await sc.settle()
+    rss1 = rss_kb(sc.server_pid)
+    idle = {
+        "sessions": idle_count,
+        "rss_before_kb": rss0,
+        "rss_after_kb": rss1,
+        "per_session_kb": round((rss1 - rss0) / idle_count, 2),
+    }
+    levels: list[dict[str, Any]] = []
+    max_ok = 0
+    for level in [int(n) for n in cfg["levels"]]:
+        if len(pool) < level * reps:
+            pool += await create_sessions(sc.chambers, level * reps - len(pool))
+        reps_out: list[dict[str, Any]] = []
+        for rep in range(reps):
+            mine, pool = pool[:level], pool[level:]
+            entry: dict[str, Any] = {"rep": rep + 1}
+            for target in ("direct", "chambers"):
+                await sc.settle()
+                sampler = RssSampler(sc.server_pid)
+                sampler.start()
+                sc.cpu.start()
+                t0 = now()
+                # All `level` streams start within level/ramp seconds, well inside one turn.
+                streams, shape = await open_loop(sc.starter(target, mine), ramp, level, 180)
+                stats = stream_stats(streams, now() - t0, curves=False)
+                stats["cpu"] = sc.cpu.stop()
+                stats["load"] = shape
+                await sc.settle()
+                await sampler.stop()
+                if target == "chambers":
+                    after, before = rss_kb(sc.server_pid), sampler.before
+                    stats["rss"] = {
+                        "before_kb": before,
+                        "peak_kb": sampler.peak,
+                        "after_kb": after,
+                        "per_active_stream_kb": round((sampler.peak - before) / level, 2),
+                        "retained_per_finished_session_kb": round((after - before) / level, 2),
+                    }
+                entry[target] = stats
+            reps_out.append(entry)
+        added = _added(reps_out, "gap_ms", "p99")
+        errors = max(r["chambers"]["error_rate"] for r in reps_out)
+        passed = added <= max_gap and errors <= max_errors
+        levels.append({"level": level, "reps": reps_out, "added_gap_p99_ms": added, "error_rate": errors})
+        log(
+            f"capacity {level} streams: added gap p99 {added:.1f} ms, errors {errors:.2%}: "
+            + ("ok" if passed else "stop")
+        )
+        if not passed:
+            break
+        max_ok = level
+    memory = await _stream_memory(sc, int(cfg.get("memory_streams", 100)), ramp)
+    return {"idle": idle, "levels": levels, "max_streams": max_ok, "memory": memory}
+
+
+async def _stream_memory(sc: Scenario, count: int, ramp: float) -> dict[str, Any]:
+    """Server RSS while `count` turns stream at once (Chambers only), whether or not the level passed."""
+    sessions = await create_sessions(sc.chambers, count)
+    await sc.settle()
+    sampler = RssSampler(sc.server_pid)
+    sampler.start()
+    t0 = now()
+    streams, _shape = await open_loop(sc.starter("chambers", sessions), ramp, count, 120)
+    wall = now() - t0
+    await sc.settle()
+    await sampler.stop()
+    after = rss_kb(sc.server_pid)
+    ok = sum(1 for s in streams if s.ok)
+    errors: dict[str, int] = {}
+    for stream in streams:
+        if not stream.ok:
+            errors[stream.error or "unknown"] = errors.get(stream.error or "unknown", 0) + 1
+    log(f"memory at {count} streams: {(sampler.peak - sampler.before) / count:.0f} KB per stream")
+    return {
+        "streams": count,
+        "ok": ok,
+        "errors": errors,
+        "wall_s": round(wall, 2),
+        "before_kb": sampler.before,
+        "peak_kb": sampler.peak,
+        "after_kb": after,
+        "per_active_stream_kb": round((sampler.peak - sampler.before) / count, 2),
+        "retained_per_finished_session_kb": round((after - sampler.before) / count, 2),
+    }
+
+
+async def fanout(sc: Scenario) -> dict[str, Any]:
+    """Metric 3: N subscribers on one session's feed while a turn runs; events delivered per second.
+
+    The baseline is N direct completions streamed from the fake at once (same client, same events).
+    """
+    cfg = sc.cfg
+    reps = int(cfg["reps"])
+    counts = [int(n) for n in cfg["subscribers"]]
+    sessions = await create_sessions(sc.chambers, 5 + len(counts) * reps)
+    await sc.warm_up(sessions[:5])
+    sessions = sessions[5:]
+    out: list[dict[str, Any]] = []
+    for count in counts:
+        reps_out: list[dict[str, Any]] = []
+        for rep in range(reps):
+            await sc.settle()
+            sc.cpu.start()
+            t0 = now()
+            streams = list(
+                await asyncio.gather(*(direct_turn(sc.direct.pick(), sc.token_len) for _ in range(count)))
+            )
+            direct = stream_stats(streams, now() - t0, curves=False)
+            direct["events_per_s"] = _delivery_rate(streams, t0)
+            direct["cpu"] = sc.cpu.stop()
+            await sc.settle()
+            sc.cpu.start()
+            chambers = await _fanout_chambers(sc, sessions.pop(), count)
+            chambers["cpu"] = sc.cpu.stop()
+            reps_out.append({"rep": rep + 1, "direct": direct, "chambers": chambers})
+        rate = median([r["chambers"]["events_per_s"] for r in reps_out])
+        log(f"fan-out {count} subscribers: {rate:.0f} events/s delivered")
+        out.append({"subscribers": count, "reps": reps_out})
+    return {"levels": out}
+
+
+def _delivery_rate(streams: list[Stream], t0: float) -> float:
+    """Delta events delivered per second over all streams, from `t0` to the last arrival."""
+    good = [s for s in streams if s.ok]
+    if not good:
+        return 0.0
+    return round(sum(s.events for s in good) / max(max(s.end for s in good) - t0, 1e-9), 1)
+
+
+async def _subscribe(sc: Scenario, chat_id: str, stream: Stream, ready: Callable[[], None]) -> None:
+    """Read a session feed, recording each text delta's event id and arrival, until turn.completed."""
+    try:
+        async with sc.chambers.pick().stream("GET", f"/agent/v1/chat/{chat_id}/stream") as resp:
+            ready()
+            if resp.status_code != 200:
+                stream.error = f"HTTP {resp.status_code}"
+                return
+            buf = b""
+            async for chunk in resp.aiter_raw():
+                at = now()
+                *events, buf = (buf + chunk).split(b"\n\n")
+                for event in events:
+                    if event.startswith(b"event: message.part.updated"):
+                        stream.arrivals.append((int(_field(event, b"id: ") or 0), at))
+                        stream.events += 1
+                    elif event.startswith(b"event: turn.completed"):
+                        stream.ok = True
+                        stream.end = at
+                        return
+    except httpx.HTTPError as exc:
+        stream.error = type(exc).__name__
+
+
+async def _fanout_chambers(sc: Scenario, chat_id: str, count: int) -> dict[str, Any]:
+    """Open `count` feeds of one session, run one turn with POST /message, read to turn.completed."""
+    connected = 0
+    all_connected = asyncio.Event()
+
+    def ready() -> None:
+        nonlocal connected
+        connected += 1
+        if connected == count:
+            all_connected.set()
+
+    streams = [Stream(start=now()) for _ in range(count)]
+    tasks = [asyncio.create_task(_subscribe(sc, chat_id, s, ready)) for s in streams]
+    await asyncio.wait_for(all_connected.wait(), 120)
+    await asyncio.sleep(0.5)  # response headers go out just before the feed subscribes to the bus
+    t0 = now()
+    resp = await sc.chambers.pick().post(f"/agent/v1/chat/{chat_id}/message", json=TURN_BODY)
+    turn_ms = (now() - t0) * 1000
+    done, pending = await asyncio.wait(tasks, timeout=120)
+    for task in pending:
+        task.cancel()
+    for stream, task in zip(streams, tasks, strict=True):
+        if task not in done:
+            stream.error = "timeout"
+    by_id: dict[int, list[float]] = {}
+    for stream in streams:
+        for seq, at in stream.arrivals:
+            by_id.setdefault(seq, []).append(at)
+    spread = [max(times) - min(times) for times in by_id.values() if len(times) > 1]
+    good = [s for s in streams if s.ok]
+    return {
+        "subscribers": count,
+        "ok": len(good),
+        "error_rate": (count - len(good)) / count,
+        "message_status": resp.status_code,
+        "turn_ms": round(turn_ms, 1),
+        "events_per_subscriber": median([float(s.events) for s in good]),
+        "events_delivered": sum(s.events for s in good),
+        "events_per_s": _delivery_rate(streams, t0),
+        "spread_ms": brief(summarize(spread, 1000)),
+    }
+
+
+async def rates(sc: Scenario) -> dict[str, Any]:
+    """Metric 5: session creation and turn (POST /message) throughput with a zero-latency upstream.
+
+    Baselines: non-streaming and streaming completions from the fake directly, same client and workers.
+    """
+    cfg = sc.cfg
+    workers, duration, reps = int(cfg["workers"]), float(cfg["duration_s"]), int(cfg["reps"])
+    sessions = await create_sessions(sc.chambers, int(cfg.get("turn_sessions", 500)) + 10)
+    await sc.warm_up(sessions[:10])
+    del sessions[:10]
+
+    async def create() -> bool:
+        resp = await sc.chambers.pick().post("/agent/v1/chat", json={"model": "openai/gpt-4o"})
+        return resp.status_code == 201
+
+    async def plain_completion() -> bool:
+        return (await sc.direct.pick().post("/v1/chat/completions", json=PLAIN_BODY)).status_code == 200
+
+    async def turn() -> bool:
+        if not sessions:
+            return False
+        resp = await sc.chambers.pick().post(f"/agent/v1/chat/{sessions.pop()}/message", json=TURN_BODY)
+        return resp.status_code == 200
+
+    async def streamed_completion() -> bool:
+        return (await direct_turn(sc.direct.pick(), sc.token_len)).ok
+
+    ops = {"create": (plain_completion, create), "turn": (streamed_completion, turn)}
+    out: list[dict[str, Any]] = []
+    for rep in range(reps):
+        entry: dict[str, Any] = {"rep": rep + 1}
+        for name, pair in ops.items():
+            for target, op in zip(("direct", "chambers"), pair, strict=True):
+                await sc.settle()
+                sc.cpu.start()
+                stats = await closed_loop(workers, duration, op)
+                stats["cpu"] = sc.cpu.stop()
+                entry[f"{name}_{target}"] = stats
+        log(
+            f"rates rep {rep + 1}: create {entry['create_chambers']['per_s']}/s, "
+            f"turns {entry['turn_chambers']['per_s']}/s"
+        )
+        out.append(entry)
+    return {"reps": out, "sessions_left": len(sessions)}
+
+
+SCENARIOS: dict[str, Callable[[Scenario], Awaitable[dict[str, Any]]]] = {
+    "turn_overhead": turn_overhead,
+    "capacity": capacity,
+    "fanout": fanout,
+    "rates": rates,
+}
+
+
+async def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the scenario named in `cfg`; adds the client's own peak RSS."""
+    sc = Scenario(cfg)
+    try:
+        result = await SCENARIOS[cfg["scenario"]](sc)
+    finally:
+        await sc.close()
+    result["client_max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return result
+
+
+def main() -> None:
+    """Run one scenario with the JSON config in argv[1]; print its results as JSON on stdout."""
+    cfg = json.loads(sys.argv[1])
+    raise_fd_limit()
+    result = asyncio.run(run(cfg))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

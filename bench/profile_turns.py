@@ -1,0 +1,193 @@
+"""Profile the per-turn hot path: `chambers serve` under cProfile, driven with streamed turns.
+
+    python -m bench.profile_turns [--turns 500] [--concurrency 8] [--gap 0] [--out bench/results/turns.prof]
+
+The fake upstream runs at zero latency by default (`--ttft 0 --gap 0`), so the profile shows the
+server's own cost. The server is stopped with SIGINT: uvicorn shuts down, re-raises SIGINT as
+KeyboardInterrupt and cProfile's `finally` writes the profile (SIGTERM would kill it unwritten).
+cProfile profiles the main thread only: SQLite work in aiosqlite's threads shows up as waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import RESULTS, ROOT, FakeUpstreamProcess, child_environment, raise_fd_limit, server_env
+from bench.load import Clients, chambers_turn, create_sessions
+
+_KEY = re.compile(r"^\s*(chk_[A-Za-z0-9_\-]+)\s*$")
+
+
+class ProfiledServer:
+    """`python -m cProfile -o OUT -m chambers serve` on a free port and a temporary data dir."""
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        from tests.support.server import free_port
+
+        self.out = out
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = Path(tempfile.mkdtemp(prefix="chambers-profile-"))
+        self.env = env
+        self.admin_key: str | None = None
+        self.output: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60.0) -> ProfiledServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAMBERS_")}
+        env.update(
+            CHAMBERS_DATA_DIR=str(self.data_dir),
+            CHAMBERS_PORT=str(self.port),
+            CHAMBERS_HOST="127.0.0.1",
+            PYTHONUNBUFFERED="1",
+            **self.env,
+        )
+        cmd = [sys.executable, "-m", "cProfile", "-o", str(self.out), "-m", "chambers", "serve"]
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during start:\n" + "".join(self.output))
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and self.admin_key:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("server did not become ready:\n" + "".join(self.output))
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            match = _KEY.match(line)
+            if match and self.admin_key is None:
+                self.admin_key = match.group(1)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGINT, so that cProfile writes its output; SIGKILL only if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+async def drive(url: str, key: str, turns: int, concurrency: int) -> tuple[int, float]:
+    """`turns` streamed turns (POST /respond, each on a new session), `concurrency` at a time."""
+    clients = Clients(url, key, concurrency + 16)
+    try:
+        sessions = await create_sessions(clients, turns)
+        todo = iter(sessions)
+        ok = 0
+
+        async def worker() -> None:
+            nonlocal ok
+            for chat_id in todo:
+                if (await chambers_turn(clients.pick(), chat_id, 4)).ok:
+                    ok += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return ok, time.perf_counter() - t0
+    finally:
+        await clients.close()
+
+
+def by_package(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own time summed by where the code lives: chambers, a site-packages distribution, stdlib, builtins."""
+    totals: dict[str, float] = {}
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in raw.items():
+        if "/src/chambers/" in filename:
+            key = "chambers"
+        elif match := re.search(r"site-packages/([^/]+)", filename):
+            key = match.group(1).removesuffix(".py")
+        elif filename == "~":
+            key = "builtin " + name.split(" of ")[0].strip("<>{}")
+        elif "/lib/python3" in filename:
+            key = "stdlib " + filename.rsplit("/lib/python3", 1)[1].split("/")[1].removesuffix(".py")
+        else:
+            key = filename
+        totals[key] = totals.get(key, 0.0) + tottime
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
+def report(path: Path, top: int) -> str:
+    """Own time by package, then top functions by cumulative and own time, in chambers and overall."""
+    buf = io.StringIO()
+    stats = pstats.Stats(str(path), stream=buf)
+    packages = by_package(stats)
+    total = sum(t for _, t in packages) or 1.0
+    buf.write("=== own time by package (main thread) ===\n")
+    for name, seconds in packages[:top]:
+        buf.write(f"{seconds:9.2f} s {100 * seconds / total:5.1f}%  {name}\n")
+    for title, sort, restrict in (
+        ("chambers, by cumulative time", "cumulative", r"/chambers/"),
+        ("chambers, by own time (tottime)", "tottime", r"/chambers/"),
+        ("everything, by own time (tottime)", "tottime", None),
+        ("everything, by cumulative time", "cumulative", None),
+    ):
+        buf.write(f"\n=== {title} ===\n")
+        stats.sort_stats(sort)
+        if restrict:
+            stats.print_stats(restrict, top)
+        else:
+            stats.print_stats(top)
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_turns", description=__doc__)
+    parser.add_argument("--turns", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--ttft", type=float, default=0.0)
+    parser.add_argument("--gap", type=float, default=0.0)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=RESULTS / "turns.prof")
+    args = parser.parse_args()
+    raise_fd_limit()
+    child_environment()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.unlink(missing_ok=True)
+    with FakeUpstreamProcess(tokens=args.tokens, ttft=args.ttft, gap=args.gap) as upstream:
+        server = ProfiledServer(args.out.resolve(), server_env(upstream.url)).start()
+        try:
+            assert server.admin_key is not None
+            ok, elapsed = asyncio.run(drive(server.url, server.admin_key, args.turns, args.concurrency))
+        finally:
+            server.stop()
+    print(f"{ok}/{args.turns} turns in {elapsed:.1f} s under the profiler ({ok / elapsed:.1f} turns/s)")
+    if not args.out.exists():
+        sys.exit(f"no profile written to {args.out}; server output:\n" + "".join(server.output[-40:]))
+    text = report(args.out, args.top)
+    (args.out.with_suffix(".txt")).write_text(text)
+    print(text)
+    print(f"profile: {args.out} (text: {args.out.with_suffix('.txt')}); view with python -m pstats")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Run the benchmarks: `python -m bench.run quick|full` (what `make bench-quick` / `make bench` do).
+
+Processes: the fake upstream (`tests.support.fake_upstream`), the server (`tests.support.server.
+ServerProcess`, embedded defaults: SQLite, in-process bus) and the load generator (`bench.load`, one
+asyncio process with httpx clients) each run on their own. Results go to bench/results/ as JSON, to
+stdout as a table and to docs/benchmarks/ as markdown (plus PNG plots when matplotlib is installed).
+Metric 4 (`bench.sandbox`) runs in a process of its own, which starts its own server and scripted fake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import ServerProcess
+
+from bench import report
+from bench.common import (
+    RESULTS,
+    ROOT,
+    FakeUpstreamProcess,
+    child_environment,
+    machine,
+    raise_fd_limit,
+    server_env,
+)
+
+# The turn shape of the fake upstream: 200 deltas of "tok " 20 ms apart after 150 ms (a ~4.1 s turn).
+STREAMING = {"tokens": 200, "ttft": 0.15, "gap": 0.02}
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "upstream": {"tokens": 100, "ttft": 0.15, "gap": 0.02},  # shorter turns (~2.1 s)
+        "fresh_server_per_scenario": False,
+        "pause_s": 0.5,
+        "turn_overhead": {"rates": [4], "target_rate": 20, "duration_s": 3, "reps": 2, "warmup_turns": 8},
+        "capacity": {"levels": [5, 20], "reps": 1, "idle_sessions": 200, "memory_streams": 40},
+        "fanout": {"subscribers": [10, 100], "reps": 1},
+        "rates": {"workers": 16, "duration_s": 2.5, "reps": 1, "turn_sessions": 120},
+        "sandbox": {"starts": 10, "round_trips": 200, "snapshot_reps": {"1": 5, "100": 1}, "resumes": 4},
+    },
+    "full": {
+        "upstream": STREAMING,
+        "fresh_server_per_scenario": True,
+        "pause_s": 1.0,
+        "turn_overhead": {
+            "rates": [2, 5, 10, 20],
+            "target_rate": 20,
+            "duration_s": 5,
+            "reps": 3,
+            "warmup_turns": 20,
+        },
+        "capacity": {
+            "levels": [1, 5, 10, 20, 40, 80, 160, 320, 640, 1000, 1500],
+            "reps": 3,
+            "idle_sessions": 2000,
+            "memory_streams": 200,
+        },
+        "fanout": {"subscribers": [1, 10, 100, 300], "reps": 3},
+        "rates": {"workers": 16, "duration_s": 5, "reps": 3, "turn_sessions": 600},
+        "sandbox": {"starts": 50, "round_trips": 1000, "snapshot_reps": {"1": 20, "100": 5}, "resumes": 20},
+    },
+}
+STREAM_SCENARIOS = ("turn_overhead", "capacity", "fanout")
+SCENARIOS = (*STREAM_SCENARIOS, "rates", "sandbox")
+
+
+@contextmanager
+def serving(upstream: FakeUpstreamProcess) -> Iterator[ServerProcess]:
+    """A `chambers serve` process on a temporary data dir, pointed at `upstream`."""
+    data_dir = Path(tempfile.mkdtemp(prefix="chambers-bench-"))
+    server = ServerProcess(data_dir, env=server_env(upstream.url))
+    try:
+        started = time.monotonic()
+        server.start(timeout=120)
+        print(f"  server ready in {time.monotonic() - started:.1f} s at {server.url}", flush=True)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: FakeUpstreamProcess) -> Any:
+    """Run one scenario in a `bench.load` process; its progress goes to stderr, its JSON back here."""
+    assert server.proc is not None and server.admin_key is not None
+    widest = max([*cfg.get("levels", []), *cfg.get("subscribers", []), cfg.get("memory_streams", 0), 100])
+    full = {
+        "connections": widest + 64,
+        **cfg,
+        "scenario": name,
+        "chambers_url": server.url,
+        "key": server.admin_key,
+        "upstream_url": upstream.url,
+        "server_pid": server.proc.pid,
+        "upstream_pid": upstream.pid,
+    }
+    print(f"== {name} {json.dumps(cfg)}", flush=True)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load", json.dumps(full)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        tail = "".join(server.output[-30:])
+        raise RuntimeError(f"bench.load {name} failed ({done.returncode}); server output:\n{tail}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    problems = [line for line in server.output if " ERROR " in line or "Traceback" in line]
+    if problems:
+        result["server_errors"] = problems[:20]
+    return result
+
+
+def run_sandbox(cfg: dict[str, Any]) -> Any:
+    """Metric 4 in a `bench.sandbox` process (it starts its own server); its JSON comes back here."""
+    print(f"== sandbox {json.dumps(cfg)}", flush=True)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sandbox", json.dumps(cfg)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.sandbox failed ({done.returncode}); see its output above")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def attempt(name: str, scenario: Callable[..., Any], *args: Any) -> Any:
+    """`scenario(*args)`; a failure (e.g. a server that does not start) is recorded, the run goes on."""
+    try:
+        return scenario(*args)
+    except (RuntimeError, TimeoutError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        print(f"!! {name} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"[-4000:]}
+
+
+def run(kind: str, only: set[str] | None = None) -> dict[str, Any]:
+    """The scenarios of preset `kind` (all, or those in `only`); returns the results document.
+
+    After each scenario the document so far is written to bench/results/<kind>-partial.json.tmp.
+    """
+    preset = PRESETS[kind]
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    zero = {**preset["upstream"], "ttft": 0.0, "gap": 0.0}
+    raw: dict[str, Any] = {}
+    doc: dict[str, Any] = {
+        "kind": kind,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": 0.0,
+        "machine": machine(),
+        "config": {**preset, "zero_latency_upstream": zero, "server": "embedded defaults"},
+        "raw": raw,
+    }
+    if only is not None:
+        doc["only"] = sorted(only)
+    common = {"pause_s": preset["pause_s"], "token_text": "tok "}
+    wanted = [n for n in SCENARIOS if only is None or n in only]
+
+    def record(name: str, value: Any) -> None:
+        raw[name] = value
+        doc["duration_s"] = round(time.monotonic() - t0, 1)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{kind}-partial.json.tmp").write_text(json.dumps(doc))
+
+    def one(name: str, upstream: FakeUpstreamProcess) -> Any:
+        with serving(upstream) as server:
+            return run_load(name, {**common, **preset[name]}, server, upstream)
+
+    def shared(names: list[str], upstream: FakeUpstreamProcess) -> None:
+        with serving(upstream) as server:
+            for name in names:
+                record(name, attempt(name, run_load, name, {**common, **preset[name]}, server, upstream))
+
+    streaming = [n for n in wanted if n in STREAM_SCENARIOS]
+    if streaming:
+        with FakeUpstreamProcess(**preset["upstream"]) as upstream:
+            if preset["fresh_server_per_scenario"]:
+                for name in streaming:
+                    record(name, attempt(name, one, name, upstream))
+            else:
+                failed = attempt("server", shared, streaming, upstream)
+                for name in streaming:
+                    if name not in raw:
+                        record(name, failed)
+    if "rates" in wanted:
+        with FakeUpstreamProcess(**zero) as upstream:
+            record("rates", attempt("rates", one, "rates", upstream))
+    if "sandbox" in wanted:
+        record("sandbox", attempt("sandbox", run_sandbox, preset["sandbox"]))
+    doc["duration_s"] = round(time.monotonic() - t0, 1)
+    doc["summary"] = report.summary(doc)
+    (RESULTS / f"{kind}-partial.json.tmp").unlink(missing_ok=True)
+    return doc
+
+
+def save(doc: dict[str, Any]) -> Path:
+    """bench/results/<timestamp>-<kind>.json and latest-<kind>.json (not for a subset of scenarios)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.fromisoformat(doc["started_at"]).strftime("%Y%m%dT%H%M%SZ")
+    subset = "-" + "-".join(doc["only"]) if doc.get("only") else ""
+    path = RESULTS / f"{stamp}-{doc['kind']}{subset}.json"
+    text = json.dumps(doc, indent=1)
+    path.write_text(text)
+    if not subset:
+        (RESULTS / f"latest-{doc['kind']}.json").write_text(text)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("kind", choices=sorted(PRESETS), help="quick (about 2 minutes) or full")
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
+    )
+    parser.add_argument("--report-only", type=Path, help="re-render a saved results JSON, run nothing")
+    args = parser.parse_args()
+    if args.report_only:
+        doc = json.loads(args.report_only.read_text())
+        doc["summary"] = report.summary(doc)
+    else:
+        raise_fd_limit()
+        child_environment()
+        only = set(args.only.split(",")) if args.only else None
+        if only is not None and only - set(SCENARIOS):
+            parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
+        doc = run(args.kind, only)
+        print(f"results: {save(doc).relative_to(ROOT)}")
+    print(report.table(doc))
+    if doc.get("only"):
+        for written in report.plot(doc):
+            print(f"wrote {written.relative_to(ROOT)}")
+        print("a subset of the scenarios ran: its plots were refreshed, the markdown pages left as they were")
+        return
+    for written in report.write_docs(doc):
+        print(f"wrote {written.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
