@@ -503,8 +503,12 @@ def test_the_feed_retries_a_refused_stream_request(
             route.continue_()
 
     page.route(re.compile(r"/agent/v1/chat/[^/]+/stream$"), once)
-    upstream.script(Reply([Text("Made it through.")]))
-    send(page, "Hello")
+    # The reply waits until the feed's first request has been refused, so the text can only reach the
+    # page through the feed's retry (not through the history the page loads before opening the feed).
+    upstream.script(Reply([Gate("refused"), Text("Made it through.")]))
+    with page.expect_event("requestfailed", lambda r: r.url.endswith("/stream")):
+        send(page, "Hello")
+    upstream.release("refused")
     expect(assistant(page).locator(".part-text")).to_have_text("Made it through.")
     assert len(aborted) == 1
 
