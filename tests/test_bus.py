@@ -327,6 +327,67 @@ async def test_losing_redis_fails_publishers_and_subscribers_and_it_recovers(red
         await proxy.stop()
 
 
+class _ThreadedProxy:
+    """A `_Proxy` on an event loop of its own, for tests that drive a server process synchronously."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.proxy = _Proxy(target)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def _run(self, work: Any) -> None:
+        asyncio.run_coroutine_threadsafe(work, self.loop).result(10)
+
+    def start(self) -> None:
+        self._run(self.proxy.start())
+
+    def stop(self) -> None:
+        self._run(self.proxy.stop())
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.redis
+def test_a_message_while_redis_is_down_is_refused_and_leaves_the_session_usable(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    """The session is claimed before the turn is announced on the bus; when that fails the claim goes."""
+    need_redis()
+    target = urlsplit(services.REDIS_URL)
+    proxy = _ThreadedProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    proxy.start()
+    try:
+        server: ServerProcess = make_server(
+            CHAMBERS_REDIS_URL=proxy.url, CHAMBERS_REDIS_KEY_PREFIX=services.redis_prefix()
+        )
+        with httpx.Client(base_url=server.url, headers=auth(server.admin_key or ""), timeout=30) as client:
+            chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
+            say = {"parts": [{"type": "text", "text": "hello"}]}
+
+            proxy.stop()
+            refused = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "UNAVAILABLE"
+            assert "event bus unavailable" in refused.json()["error"]["message"]
+            assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
+
+            proxy.start()  # Redis is back: the session takes the next message at once, no lease to wait out
+            upstream.script(Reply([Text("back again")]))
+            answered = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
+            assert answered.status_code == 200, answered.text
+            assert [p["text"] for p in answered.json()["parts"] if p["type"] == "text"] == ["back again"]
+    finally:
+        proxy.close()
+
+
 # Two replicas: two servers on one PostgreSQL database and one Redis prefix
 
 

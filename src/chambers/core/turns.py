@@ -18,7 +18,7 @@ from typing import Any
 from chambers.core import events as ev
 from chambers.core import notices
 from chambers.core.clock import iso, utcnow
-from chambers.core.errors import Conflict, NotFound, SessionEnded, TurnConflict
+from chambers.core.errors import Conflict, NotFound, SessionEnded, TurnConflict, Unavailable
 from chambers.core.events import Replay
 from chambers.core.gate import OpenGate, TurnGate
 from chambers.core.ids import new_id
@@ -156,9 +156,21 @@ class TurnRunner:
             raise TurnConflict(conflict.active_turn_id, self.policy.retry_after_s) from None
         self._admissions[turn.id] = (principal.subject_id, admission.decisions)
         self._prompts[turn.id] = text
-        if turn.owner != self.replica:
-            return await self._hand_off(session, turn, {"kind": "run", "turn": turn.id})
-        return await self._launch(session, turn, resume=None)
+        try:
+            if turn.owner != self.replica:
+                return await self._hand_off(session, turn, {"kind": "run", "turn": turn.id})
+            return await self._launch(session, turn, resume=None)
+        except BaseException as exc:
+            # The session is claimed but the turn never got going (the event bus or the owning replica
+            # could not be reached): close the turn, or the session refuses messages until its lease ends.
+            self._admissions.pop(turn.id, None)
+            self._prompts.pop(turn.id, None)
+            abandon = self._fail_interrupted(turn, f"The turn could not start: {exc}", code="UNAVAILABLE")
+            if isinstance(exc, asyncio.CancelledError):
+                self._spawn(_ignore_result(abandon), f"abandon {turn.id}")
+            else:
+                await abandon
+            raise
 
     def placement(self, session: ChatSession) -> str:
         """Where a turn of `session` runs: on the replica holding its sandbox, while its lease lives."""
@@ -683,12 +695,19 @@ class TurnRunner:
                 closed.append(turn.id)
         return closed
 
-    async def _fail_interrupted(self, turn: Turn, why: str, expired_before: datetime | None = None) -> bool:
+    async def _fail_interrupted(
+        self,
+        turn: Turn,
+        why: str,
+        expired_before: datetime | None = None,
+        code: str = "INTERRUPTED",
+    ) -> bool:
+        """Close a turn that no replica runs any more as `failed`; True if this call closed it."""
         session = await self.store.get_session(turn.session_id)
         seq = (
             session.event_seq if session else 0
         ) + 10_000  # numbers emitted before the crash are not reused
-        error = {"code": "INTERRUPTED", "message": why}
+        error = {"code": code, "message": why}
         closed = await self.store.finish_turn(
             TurnOutcome(
                 turn_id=turn.id,
@@ -709,13 +728,16 @@ class TurnRunner:
             except Exception:
                 log.exception("could not record turn %s in the session log", turn.id)
         if closed:
-            await self.bus.seed(turn.session_id, seq)
-            await self.bus.publish(
-                turn.session_id,
-                ev.TURN_COMPLETED,
-                {"turnId": turn.id, "status": "failed", "error": error},
-                turn.id,
-            )
+            try:
+                await self.bus.seed(turn.session_id, seq)
+                await self.bus.publish(
+                    turn.session_id,
+                    ev.TURN_COMPLETED,
+                    {"turnId": turn.id, "status": "failed", "error": error},
+                    turn.id,
+                )
+            except Unavailable as unreachable:  # the store has the outcome; streams resync from it
+                log.warning("turn %s closed but not announced: %s", turn.id, unreachable)
         return closed
 
     async def _cancel_waiting(self, session: ChatSession, turn: Turn) -> dict[str, Any]:
@@ -896,3 +918,10 @@ def _usage_from_json(values: dict[str, Any]) -> UsageEntry:
     data = dict(values)
     data["timestamp"] = datetime.fromisoformat(str(data["timestamp"]).replace("Z", "+00:00"))
     return UsageEntry(**data)
+
+
+async def _ignore_result(work: Coroutine[Any, Any, bool]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("background work failed")
