@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import auth, need, server_env
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
+from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
 from tests.support.sse import events, read_until, turn_done
 
@@ -214,6 +215,54 @@ def test_killing_the_owner_fails_its_turn_and_a_survivor_resumes(
         upstream.script(Reply([ToolCall("read_file", {"path": "kept.txt"})]), Reply([Text("restored")]))
         assert message(b, chat_id, "load on b").json()["parts"][-1]["text"] == "restored"
         assert upstream.requests[-1].contains("checkpointed")
+
+
+def test_three_deliverers_send_each_webhook_attempt_exactly_once(
+    cluster: Any, upstream: FakeUpstream
+) -> None:
+    """Every replica runs a deliverer polling the same outbox; each scheduled attempt goes out once."""
+    group = cluster(3, CHAMBERS_WEBHOOK_POLL_INTERVAL_S="0.02", CHAMBERS_WEBHOOK_RETRY_SCHEDULE="0.2,0.2,5")
+    clients = [group.client(i) for i in range(3)]
+    with Receiver() as hooks:
+        try:
+            made = clients[0].post("/events/v1/webhooks", json={"url": hooks.url("/hook")})
+            assert made.status_code == 201, made.text
+            webhook_id, secret = made.json()["id"], made.json()["secret"]
+            hooks.secret("/hook", secret)
+            hooks.script("/hook", 500, 500)  # the first event fails twice, then goes through
+
+            sessions = 4
+            for n in range(sessions):  # each request on another replica than the last
+                chat_id = clients[n % 3].post("/agent/v1/chat", json={}).json()["id"]
+                upstream.script(Reply([Text(f"answer {n}")]))
+                assert message(clients[(n + 1) % 3], chat_id, f"turn {n}").status_code == 200
+                assert clients[(n + 2) % 3].delete(f"/agent/v1/chat/{chat_id}").status_code == 200
+            expected = sessions * 4  # session.created, turn.started, turn.completed, session.ended
+
+            hooks.wait_for(expected, timeout=60, path="/hook", ok=True)
+            # Then a marker: it is queued after every other delivery went out and is claimed by a later
+            # poll of some deliverer, so a second claim of any earlier delivery (which would happen on the
+            # poll right after the first) would have reached the receiver before it.
+            assert clients[1].post(f"/events/v1/webhooks/{webhook_id}/test").status_code == 202
+            hooks.wait_for(1, timeout=60, path="/hook", ok=True, where=lambda r: r.type == "webhook.test")
+            received = hooks.requests(path="/hook")
+            assert all(r.verified for r in received), [r.verify_error for r in received]
+            accepted = [r for r in received if r.ok]
+            ids = [r.webhook_id for r in accepted]
+            assert len(ids) == expected + 1 and len(set(ids)) == len(ids), sorted(ids)
+            refused = [r for r in received if not r.ok]
+            assert len(refused) == 2 and {r.webhook_id for r in refused} == {ids[0]}
+
+            # The delivery log across replicas agrees: three attempts for the first event, one for the rest.
+            log = clients[2].get(f"/events/v1/webhooks/{webhook_id}/deliveries", params={"limit": 100}).json()
+            by_event: dict[str, list[int]] = {}
+            for attempt in log["data"]:
+                by_event.setdefault(attempt["eventId"], []).append(attempt["attempt"])
+            assert sorted(len(a) for a in by_event.values()) == [1] * expected + [3]
+            assert all(sorted(a) == list(range(1, len(a) + 1)) for a in by_event.values()), by_event
+        finally:
+            for client in clients:
+                client.close()
 
 
 def _quietly(call: Any) -> None:
