@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from chambers.core.controller.did import KeyPair, b58encode, public_key_from_did
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, StreamError, Text, ToolCall, Usage
 from tests.support.server import ServerProcess
+from tests.support.services import db_execute
 
 PASSWORD = "correct horse battery"
 DEFAULT_MODEL = "anthropic/claude-sonnet-4.6"
@@ -133,8 +133,9 @@ def test_admin_creates_reads_changes_and_deletes_an_agent(server: ServerProcess,
     assert not any("private" in key.lower() or "secret" in key.lower() for key in agent)
 
     # The private key is stored encrypted (Fernet, under the server's secret key) and never shown.
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        (stored,) = db.execute("SELECT private_key FROM agents WHERE did = ?", (agent["did"],)).fetchone()
+    ((stored,),) = db_execute(
+        server.env, server.data_dir, "SELECT private_key FROM agents WHERE did = ?", agent["did"]
+    )
     assert stored.startswith("enc:v1:") and stored not in json.dumps(admin.get("/api/agents").json())
     assert (server.data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
 
@@ -215,9 +216,10 @@ def test_sign_in_me_and_sign_out(server: ServerProcess, admin: httpx.Client) -> 
     assert cookie.startswith("chambers_session=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Secure" not in cookie and "Max-Age=604800" in cookie  # plain http here
     token = client.cookies["chambers_session"]
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        stored = [row[0] for row in db.execute("SELECT token_hash FROM user_logins")]
-        (hashed,) = db.execute("SELECT password_hash FROM users WHERE id = ?", (user["id"],)).fetchone()
+    stored = [row[0] for row in db_execute(server.env, server.data_dir, "SELECT token_hash FROM user_logins")]
+    ((hashed,),) = db_execute(
+        server.env, server.data_dir, "SELECT password_hash FROM users WHERE id = ?", user["id"]
+    )
     assert token not in stored and hashed.startswith("$argon2id$")
 
     me = client.get("/api/auth/me").json()

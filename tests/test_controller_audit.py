@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sqlite3
 from typing import Any
 
 import httpx
@@ -13,6 +12,7 @@ from chambers.core.controller.audit import GENESIS
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Reply, Text, Usage
 from tests.support.server import ServerProcess
+from tests.support.services import db_execute
 from tests.test_controller import chat, chunks, give, make_agent, make_user, refused, sign_in
 
 
@@ -71,18 +71,29 @@ def test_the_log_records_turns_and_refusals_and_verifies(make_server: Any, upstr
     assert "session log verified" in verified.stderr and agent["did"] in verified.stdout
 
     # Edit one row behind the server's back: verification fails at that row.
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        db.execute("UPDATE audit_entries SET cost_micros = 0 WHERE id = ?", (turn["id"],))
+    db_execute(
+        server.env, server.data_dir, "UPDATE audit_entries SET cost_micros = 0 WHERE id = ?", turn["id"]
+    )
     broken = server.cli("audit", "verify")
     assert broken.returncode == 1
     assert f"entry {turn['id']} (#2)" in broken.stderr and "altered" in broken.stderr
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        db.execute("UPDATE audit_entries SET cost_micros = ? WHERE id = ?", (turn["costMicros"], turn["id"]))
+    db_execute(
+        server.env,
+        server.data_dir,
+        "UPDATE audit_entries SET cost_micros = ? WHERE id = ?",
+        turn["costMicros"],
+        turn["id"],
+    )
     assert server.cli("audit", "verify").returncode == 0
 
     # A recomputed hash does not help without the agent's key: the signature fails.
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        db.execute("UPDATE audit_entries SET signature = ? WHERE id = ?", ("A" * 86, entries[2]["id"]))
+    db_execute(
+        server.env,
+        server.data_dir,
+        "UPDATE audit_entries SET signature = ? WHERE id = ?",
+        "A" * 86,
+        entries[2]["id"],
+    )
     forged = server.cli("audit", "verify")
     assert forged.returncode == 1 and f"entry {entries[2]['id']} (#3)" in forged.stderr
     assert "signature" in forged.stderr
@@ -97,8 +108,7 @@ def test_removing_the_last_entry_is_detected(make_server: Any, upstream: FakeUps
     chat(admin, agent["did"], "1")
     chat(admin, agent["did"], "2")
     last = admin.get("/api/audit", params={"agentDid": agent["did"], "limit": 1}).json()["entries"][0]
-    with sqlite3.connect(server.data_dir / "chambers.db") as db:
-        db.execute("DELETE FROM audit_entries WHERE id = ?", (last["id"],))
+    db_execute(server.env, server.data_dir, "DELETE FROM audit_entries WHERE id = ?", last["id"])
     broken = server.cli("audit", "verify")
     assert broken.returncode == 1 and "removed" in broken.stderr
 

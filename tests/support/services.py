@@ -11,6 +11,7 @@ Every database and key prefix made here carries this worker's run id and is remo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import sqlite3
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 
@@ -162,10 +164,11 @@ def db_execute(env: Mapping[str, str], data_dir: Path, sql: str, *params: Any) -
     """
     url = env.get("CHAMBERS_DATABASE_URL") or os.environ.get("CHAMBERS_DATABASE_URL")
     if not url or url.startswith("sqlite"):
-        path = urlsplit(url).path if url else str(data_dir / "chambers.db")
-        with sqlite3.connect(path) as db:
+        # SQLAlchemy's reading of the URL, as the server's (`sqlite:///rel.db` is relative, `////` absolute).
+        path = make_url(url).database if url else None
+        with contextlib.closing(sqlite3.connect(path or data_dir / "chambers.db")) as db, db:
             return [tuple(row) for row in db.execute(sql, params).fetchall()]
-    numbered = iter(itertools.count(1))
+    numbered = itertools.count(1)
     pg_sql = "".join(f"${next(numbered)}" if char == "?" else char for char in sql)
 
     async def run() -> list[tuple[Any, ...]]:
