@@ -5,8 +5,11 @@ Precedence, highest first: explicit overrides (CLI flags), environment, TOML fil
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -54,6 +57,14 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=15.0, ge=1, description="Leases on running turns and sandboxes.")
     snapshot_dir: Path | None = Field(
         default=None, description="Where snapshots live; default <data_dir>/snapshots."
+    )
+    snapshot_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix keeps snapshots in S3-compatible object storage; "
+        "file:///path or a path, a directory (like snapshot_dir).",
+    )
+    snapshot_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible service (MinIO, Ceph, R2, ...)."
     )
     checkpoint_turns: bool | None = Field(
         default=None, description="Snapshot after each tool-using turn; default on when redis_url is set."
@@ -147,6 +158,27 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:// or postgresql://")
         return value
 
+    @field_validator("snapshot_url")
+    @classmethod
+    def _snapshot_location(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_snapshot_url(value)
+        return value
+
+    @field_validator("snapshot_endpoint_url")
+    @classmethod
+    def _snapshot_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://minio.internal:9000")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not hold credentials: use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
     def _schedule_from_text(cls, value: Any) -> Any:
@@ -185,6 +217,10 @@ class Settings(BaseSettings):
             raise ValueError("idle_timeout_min_ms must not exceed idle_timeout_max_ms")
         if not self.idle_timeout_min_ms <= self.idle_timeout_default_ms <= self.idle_timeout_max_ms:
             raise ValueError("idle_timeout_default_ms must lie between the min and max bounds")
+        if self.snapshot_url is not None and self.snapshot_dir is not None:
+            raise ValueError("set snapshot_url or snapshot_dir, not both")
+        if self.snapshot_endpoint_url is not None and not isinstance(self.snapshot_location, S3Location):
+            raise ValueError("snapshot_endpoint_url needs an s3:// snapshot_url")
         return self
 
     @classmethod
@@ -212,6 +248,13 @@ class Settings(BaseSettings):
         return f"{socket.gethostname()}:{self.port}"
 
     @property
+    def snapshot_location(self) -> Path | S3Location:
+        """Where snapshots live: a directory (default `<data_dir>/snapshots`) or an S3 bucket and prefix."""
+        if self.snapshot_url is not None:
+            return parse_snapshot_url(self.snapshot_url)
+        return self.snapshot_dir or self.data_dir / "snapshots"
+
+    @property
     def resolved_database_url(self) -> str:
         """The async SQLAlchemy URL actually used."""
         if self.database_url is None:
@@ -224,6 +267,46 @@ class Settings(BaseSettings):
         if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
             url = "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
         return url
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Snapshots in a bucket of S3-compatible object storage, under a key prefix ("" for none)."""
+
+    bucket: str
+    prefix: str
+
+
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+
+
+def parse_snapshot_url(url: str) -> Path | S3Location:
+    """`s3://bucket/optional/prefix`, `file:///path` or a plain path; ValueError with the reason."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if not scheme:
+        if not url.strip():
+            raise ValueError("is empty")
+        return Path(url).expanduser()
+    parts = urlsplit(url)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ValueError("a file URL is file:///absolute/path")
+        return Path(unquote(parts.path))
+    if scheme != "s3":
+        raise ValueError(f"unknown scheme {scheme}://: use s3://bucket/prefix, file:///path or a path")
+    if "@" in parts.netloc:
+        raise ValueError("must not hold credentials: use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    bucket = parts.netloc
+    if not bucket:
+        raise ValueError("names no bucket: use s3://bucket or s3://bucket/prefix")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(f"{bucket!r} is not a bucket name (3-63 letters, digits, '.', '-' or '_')")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' segment")
+    return S3Location(bucket=bucket, prefix=prefix)
 
 
 class _TomlPath:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chambers.bus.memory import MemoryEventBus
-from chambers.config import Settings
+from chambers.config import S3Location, Settings
 from chambers.controller_runtime import attach_chat, build_controller  # agent controller
 from chambers.core.clock import utcnow
 from chambers.core.controller import Controller
@@ -21,7 +21,7 @@ from chambers.core.sessions import SessionRules, SessionService
 from chambers.core.turns import TurnPolicy, TurnRunner
 from chambers.sandbox.host import SessionSandboxes
 from chambers.sandbox.limits import SandboxLimits
-from chambers.sandbox.snapshots import LocalSnapshotStore
+from chambers.sandbox.snapshots import LocalSnapshotStore, SnapshotStore
 from chambers.store.runs import SqlRunStore  # runs
 from chambers.store.sql import SqlStore
 from chambers.webhooks.runtime import Webhooks, build_webhooks
@@ -110,8 +110,18 @@ def build_sandboxes(settings: Settings) -> SessionSandboxes:
         output_limit_bytes=settings.sandbox_output_limit_bytes,
         network=settings.sandbox_network,
     )
-    snapshots = LocalSnapshotStore(settings.snapshot_dir or settings.data_dir / "snapshots")
+    snapshots = build_snapshots(settings)
     return SessionSandboxes(settings.data_dir / "sandboxes", snapshots, settings.sandbox_backend, limits)
+
+
+def build_snapshots(settings: Settings) -> SnapshotStore:
+    """S3-compatible object storage for an s3:// `snapshot_url` (replicas share it), else a directory."""
+    location = settings.snapshot_location
+    if isinstance(location, S3Location):
+        from chambers.sandbox.s3_snapshots import S3SnapshotStore  # boto3 loads only when used
+
+        return S3SnapshotStore(location.bucket, location.prefix, endpoint_url=settings.snapshot_endpoint_url)
+    return LocalSnapshotStore(location)
 
 
 def build_bus(settings: Settings) -> EventBus:
@@ -149,6 +159,7 @@ def announce_sandbox(sandboxes: SessionSandboxes) -> None:
         log.warning("SANDBOX BACKEND 'process': agent tools run WITHOUT isolation (explicitly configured)")
     else:
         log.info("sandbox backend: bwrap (bubblewrap isolation)")
+    log.info("snapshot store: %s", sandboxes.snapshots.describe())
 
 
 async def open_store(settings: Settings) -> Store:

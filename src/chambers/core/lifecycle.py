@@ -81,8 +81,11 @@ class SessionLifecycle:
             deadline = session.last_activity_at.timestamp() + session.idle_timeout_ms / 1000
             if deadline > now.timestamp():
                 continue
-            if await self.sleep(session.id):
-                slept.append(session.id)
+            try:
+                if await self.sleep(session.id):
+                    slept.append(session.id)
+            except Exception:  # one failing snapshot (a bucket out of reach) must not keep the rest awake
+                log.exception("could not put session %s to sleep; trying again on the next pass", session.id)
         return slept
 
     async def sleep(self, session_id: str) -> bool:

@@ -1,4 +1,4 @@
-"""SessionSandboxes: the SandboxHost port on SessionSandbox and LocalSnapshotStore.
+"""SessionSandboxes: the SandboxHost port on SessionSandbox and a SnapshotStore.
 
 Mechanics only (where workspaces live, starting, snapshotting, restoring); the session rules (status,
 billing, events) are core's, told through the `on_started` / `on_reused` callbacks.
@@ -19,7 +19,7 @@ from chambers.sandbox.bwrap import bwrap_problem
 from chambers.sandbox.limits import SandboxLimits
 from chambers.sandbox.session import BackendName, SessionSandbox
 from chambers.sandbox.shell_state import write_state
-from chambers.sandbox.snapshots import LocalSnapshotStore
+from chambers.sandbox.snapshots import SnapshotStore
 from chambers.sandbox.tools import BUILTIN_TOOLS, run_tool
 
 log = logging.getLogger("chambers.sandbox")
@@ -37,7 +37,7 @@ class SessionSandboxes:
     def __init__(
         self,
         root: Path,
-        snapshots: LocalSnapshotStore,
+        snapshots: SnapshotStore,
         backend: BackendName,
         limits: SandboxLimits,
         *,
