@@ -258,7 +258,7 @@ async def test_twenty_concurrent_messages_run_exactly_one_turn(
         assert more, "conflicting requests should be answered while the turn runs"
         done |= more
     upstream.release("hold")
-    responses = [t.result() for t in await asyncio.gather(*tasks) and tasks]
+    responses = await asyncio.gather(*tasks)
     winners = [r for r in responses if r.status_code == 200]
     losers = [r for r in responses if r.status_code == 409]
     assert len(winners) == 1 and len(losers) == 19

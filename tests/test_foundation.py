@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -120,7 +121,7 @@ def test_a_body_over_the_limit_is_413(make_server: object) -> None:
     big = httpx.post(f"{proc.url}/agent/v1/chat", headers=headers, json={"title": "x" * 10_000})
     assert big.status_code == 413 and error_of(big)["code"] == "PAYLOAD_TOO_LARGE"
 
-    def chunks():  # no Content-Length: the limit must hold on a streamed body too
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold on a streamed body too
         for _ in range(10):
             yield b"x" * 1024
 

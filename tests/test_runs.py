@@ -191,9 +191,7 @@ def test_twenty_runs_four_at_a_time_each_in_its_own_sandbox(
         released: set[int] = set()
         for _batch in range(5):
             # Four runs wait at their gates: the pool is full, so the other runs must still be queued.
-            fresh.wait_until(
-                lambda done=released: len(arrived - done) >= 4, timeout=60, what="four runs at the gate"
-            )
+            fresh.wait_until(lambda: len(arrived - released) >= 4, timeout=60, what="four runs at the gate")
             executing = arrived - released
             assert len(executing) == 4
             assert {by_id[i] for i in listed(client, "running")} == executing

@@ -104,9 +104,7 @@ async def main(backend: str) -> None:
             _fill(workspace, size)
             for codec in ("zstd", "none"):
                 if codec != "zstd" or shutil.which("zstd"):
-                    await _snapshots(
-                        base, workspace, label, cast(Codec, codec), 5 if size < 10_000_000 else 3
-                    )
+                    await _snapshots(base, workspace, label, codec, 5 if size < 10_000_000 else 3)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -756,7 +756,7 @@ class FakeUpstream:
             self._loop = None
             self._ready.set()
 
-    def start(self) -> FakeUpstream:
+    def start(self) -> Self:
         """Start serving in a background thread (own event loop); returns once listening."""
         if self._thread is not None:
             raise RuntimeError("FakeUpstream already started")
@@ -793,7 +793,7 @@ class FakeUpstream:
         self._server = self._make_server(lambda: print(f"READY {self.url}", flush=True))
         asyncio.run(self._serve(sock))
 
-    def __enter__(self) -> FakeUpstream:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

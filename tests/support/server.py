@@ -119,9 +119,9 @@ class ServerProcess:
             self.proc.wait()
         self.proc = None
 
-    def restart(self, **extra_env: str) -> ServerProcess:
+    def restart(self, timeout: float = 60.0, **extra_env: str) -> ServerProcess:
         self.stop()
-        return self.start(**extra_env)
+        return self.start(timeout, **extra_env)
 
     def log(self) -> str:
         return "".join(self.output)
