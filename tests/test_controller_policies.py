@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import auth
-from tests.support.fake_upstream import FakeUpstream, Reply, Text, Usage
+from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall, Usage
 from tests.support.server import ServerProcess
 from tests.test_controller import chat, chunks, give, make_agent, make_user, refused, sign_in
 
@@ -140,3 +140,42 @@ def test_the_default_agents_policy_holds_on_agent_v1(make_server: Any, upstream:
         ]
         denied = log[-1]["decisions"][-1]
         assert denied == {"policy": "maxMessageChars", "result": "deny", "limit": 5, "value": 6}
+
+
+def test_answers_to_questions_are_held_to_the_grant_and_the_message_policy(
+    server: ServerProcess, admin: httpx.Client, upstream: FakeUpstream
+) -> None:
+    """An answer goes to the model like a message: an over-long one, or one after the grant was revoked,
+    is refused, and the question stays open."""
+    made = make_agent(admin, policy={"maxMessageChars": 10})
+    user = make_user(admin)
+    grant = give(admin, made["did"], user["id"])
+    member = sign_in(server, user["email"])
+    upstream.script(Reply([ToolCall("ask_user", {"question": "Which one?"})]), Reply([Text("took it")]))
+    asked = chat(member, made["did"], "pick")
+    assert asked.status_code == 200, asked.text
+    chat_id = asked.headers["x-session-id"]
+    turn_id = member.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
+    turn = member.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+    assert turn["status"] == "waiting_for_input"
+    request_id = turn["questions"][0]["requestID"]
+    reply = f"/agent/v1/chat/{chat_id}/question/{request_id}/reply"
+    calls = len(upstream.requests)
+
+    refused(member.post(reply, json={"text": "x" * 11}), 403, "POLICY_DENIED", "maxMessageChars", "11")
+    still = member.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+    assert still["status"] == "waiting_for_input" and [q["requestID"] for q in still["questions"]] == [
+        request_id
+    ]
+    assert len(upstream.requests) == calls
+
+    assert admin.delete(f"/api/grants/{grant['id']}").status_code in (200, 204)
+    refused(member.post(reply, json={"text": "the first"}), 403, "FORBIDDEN")
+    assert len(upstream.requests) == calls
+
+    give(admin, made["did"], user["id"])
+    answered = member.post(reply, json={"text": "the first"})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["resumed"] is True
+    upstream.wait_for_requests(calls + 1)
+    assert upstream.requests[-1].contains("the first")

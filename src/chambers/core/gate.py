@@ -42,6 +42,10 @@ class TurnGate(Protocol):
         """Raise PolicyDenied / RateLimited / Forbidden to refuse the turn, before any model call."""
         ...
 
+    async def admit_reply(self, principal: Principal, session: ChatSession, text: str) -> None:
+        """Refuse an answer to the agent's question that the caller may not send (grant, message size)."""
+        ...
+
     async def profile(self, session: ChatSession) -> AgentProfile:
         """The agent's settings for a turn of `session` (also when a parked turn resumes)."""
         ...
@@ -68,6 +72,9 @@ class OpenGate:
 
     async def admit(self, principal: Principal, session: ChatSession, text: str) -> Admission:
         return Admission(AgentProfile())
+
+    async def admit_reply(self, principal: Principal, session: ChatSession, text: str) -> None:
+        return None
 
     async def profile(self, session: ChatSession) -> AgentProfile:
         return AgentProfile()

@@ -524,6 +524,7 @@ class TurnRunner:
                 raise NotFound("No pending question with this requestID")
             if request_id in pending["answers"]:
                 raise QuestionClosed("This question was already answered")
+            await self.gate.admit_reply(principal, session, text)
             pending["answers"][request_id] = text
             for part in pending["parts"]:
                 if part.get("type") == "question" and part.get("requestID") == request_id:

@@ -54,8 +54,14 @@ class ControllerGate:
         decisions = await self.check(principal, agent, facts_of(session), text, count=True)
         return Admission(profile_of(agent), decisions)
 
+    async def admit_reply(self, principal: Principal, session: ChatSession, text: str) -> None:
+        """An answer to a question goes to the model too: the grant and the message policies hold. The
+        turn's own limits (turns, cost, rate) were checked when it started and are not counted again."""
+        agent = await self.agents.of_session(session.org_id, session.agent_id)
+        await self.check(principal, agent, facts_of(session), text, count=False, reply=True)
+
     async def check(
-        self, principal: Principal, agent: Agent, facts: Facts, text: str, *, count: bool
+        self, principal: Principal, agent: Agent, facts: Facts, text: str, *, count: bool, reply: bool = False
     ) -> list[dict[str, Any]]:
         """The grant and every policy of `agent`, in order; the first refusal is logged and raised.
 
@@ -64,7 +70,7 @@ class ControllerGate:
         decisions: list[dict[str, Any]] = []
         try:
             decisions.append(await authorize(self.store, principal, agent))
-            await self._policies(principal, agent, facts, text, count, decisions)
+            await self._policies(principal, agent, facts, text, count, decisions, reply)
         except (Forbidden, PolicyDenied, RateLimited) as refusal:
             if not decisions or decisions[-1].get("result") != "deny":
                 decisions.append({"policy": "grant", "result": "deny"})
@@ -80,6 +86,7 @@ class ControllerGate:
         text: str,
         count: bool,
         decisions: list[dict[str, Any]],
+        reply: bool = False,
     ) -> None:
         policy = agent.policy
 
@@ -108,6 +115,8 @@ class ControllerGate:
                 len(text),
                 f"the message has {len(text)} characters; agent {agent.did} accepts at most {limit}",
             )
+        if reply:
+            return
         if policy.max_turns_per_session is not None:
             limit = policy.max_turns_per_session
             decide(
