@@ -131,6 +131,26 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def find_pids(comm: str, cmdline_contains: str = "") -> list[int]:
+    """Processes named `comm` (/proc/PID/comm) whose command line contains `cmdline_contains`."""
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm", encoding="utf-8", errors="replace") as name:
+                if name.read().strip() != comm:
+                    continue
+            if cmdline_contains:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as cmd:
+                    if cmdline_contains.encode() not in cmd.read().replace(b"\0", b" "):
+                        continue
+        except OSError:
+            continue
+        found.append(int(entry.name))
+    return found
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine spent busy so far (all CPUs, from /proc/stat)."""
     try:

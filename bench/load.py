@@ -4,6 +4,8 @@
 
 Every measurement runs the same client against Chambers and, as the baseline, against the fake upstream
 directly (OpenAI `POST /v1/chat/completions` with `stream: true`), one after the other in each repetition.
+Scenario `replicas` is the exception: one phase against the replicas listed in its config (its baseline
+is the phase with one replica, run by `bench.run` before the one with two).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import CpuMeter, median, raise_fd_limit, rss_kb, summarize
+from bench.common import (
+    CpuMeter,
+    cpu_seconds,
+    find_pids,
+    machine_busy_seconds,
+    median,
+    raise_fd_limit,
+    rss_kb,
+    summarize,
+)
 
 PROMPT = "Benchmark turn: please answer."
 TURN_BODY = {"parts": [{"type": "text", "text": PROMPT}]}
@@ -682,6 +693,140 @@ async def rates(sc: Scenario) -> dict[str, Any]:
     return {"reps": out, "sessions_left": len(sessions)}
 
 
+class ClusterMeter:
+    """CPU (in cores) between `start()` and `stop()` of the replicas, the fake, this client, the PostgreSQL
+    backends serving the cluster's database and the Redis server, and `others`: the rest of the machine.
+
+    PostgreSQL backends are found by their process title (`postgres: ... <user> <database> ...`) at each
+    end; one that exits in between loses its time. Redis is the whole server, whoever else uses it.
+    """
+
+    def __init__(self, replica_pids: list[int], upstream_pid: int, database: str) -> None:
+        self.fixed = {f"replica{i}": pid for i, pid in enumerate(replica_pids)}
+        self.fixed["upstream"] = upstream_pid
+        self.fixed["client"] = os.getpid()
+        self.database = database
+
+    def _sample(self) -> dict[str, float]:
+        used = {name: cpu_seconds(pid) for name, pid in self.fixed.items()}
+        used["postgres"] = sum(cpu_seconds(p) for p in find_pids("postgres", f" {self.database} "))
+        used["redis"] = sum(cpu_seconds(p) for p in find_pids("redis-server"))
+        return used
+
+    def start(self) -> None:
+        self._t0 = now()
+        self._m0 = machine_busy_seconds()
+        self._c0 = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        used = self._sample()
+        machine = machine_busy_seconds() - self._m0
+        elapsed = max(now() - self._t0, 1e-9)
+        out = {name: max(0.0, used[name] - self._c0.get(name, 0.0)) / elapsed for name in used}
+        out["replicas"] = sum(v for k, v in out.items() if k.startswith("replica"))
+        mine = sum(v for k, v in out.items() if k != "replicas")
+        out["others"] = max(0.0, machine / elapsed - mine)
+        return {name: round(value, 3) for name, value in out.items()}
+
+
+async def replicas_phase(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Scale-out: `sessions` sessions each run `turns` streamed turns back to back, all sessions at once,
+    against the replicas in `chambers_urls`; every request (session creation and each turn) goes to the
+    next replica in turn (round-robin, no sticky routing). Completed turns per second and turn latency.
+    """
+    urls: list[str] = list(cfg["chambers_urls"])
+    sessions_n, turns_n = int(cfg["sessions"]), int(cfg["turns"])
+    token_len = len(cfg.get("token_text", "tok "))
+    per_replica = sessions_n + 16
+    pools = [Clients(url, cfg["key"], per_replica) for url in urls]
+    counter = 0
+
+    def next_replica() -> int:
+        nonlocal counter
+        index = counter % len(pools)
+        counter += 1
+        return index
+
+    def pick() -> httpx.AsyncClient:
+        return pools[next_replica()].pick()
+
+    async def new_sessions(count: int) -> list[str]:
+        async def one() -> str:
+            resp = await pick().post("/agent/v1/chat", json={"model": "openai/gpt-4o"})
+            resp.raise_for_status()
+            return str(resp.json()["id"])
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+    meter = ClusterMeter([int(p) for p in cfg["replica_pids"]], int(cfg["upstream_pid"]), cfg["database"])
+    try:
+        # Warm-up: a few turns through every replica (imports, pools, the first claims of sessions).
+        warm = await new_sessions(int(cfg.get("warmup_sessions", 4)))
+        for _ in range(int(cfg.get("warmup_turns", 2))):
+            await asyncio.gather(*(chambers_turn(pick(), chat, token_len) for chat in warm))
+        chats = await new_sessions(sessions_n)
+        gc.collect()
+        await asyncio.sleep(float(cfg.get("pause_s", 1.0)))
+        turns: list[dict[str, Any]] = []
+
+        async def session(number: int, chat: str) -> None:
+            for _ in range(turns_n):
+                index = next_replica()
+                stream = await chambers_turn(pools[index].pick(), chat, token_len)
+                turns.append(
+                    {
+                        "session": number,
+                        "replica": index,
+                        "ok": stream.ok,
+                        "error": stream.error,
+                        "start": stream.start,
+                        "end": stream.end if stream.ok else now(),
+                        "ttft": stream.ttft,
+                        "headers": stream.headers,
+                    }
+                )
+
+        meter.start()
+        t0 = now()
+        await asyncio.gather(*(session(i, chat) for i, chat in enumerate(chats)))
+        wall = now() - t0
+        cpu = meter.stop()
+    finally:
+        for pool in pools:
+            await pool.close()
+    good = [t for t in turns if t["ok"]]
+    errors: dict[str, int] = {}
+    for turn in turns:
+        if not turn["ok"]:
+            errors[turn["error"] or "unknown"] = errors.get(turn["error"] or "unknown", 0) + 1
+    # The steady part: until the first session ran out of turns (after it, fewer are in flight).
+    last_end: dict[int, float] = {}
+    for turn in turns:
+        last_end[turn["session"]] = max(last_end.get(turn["session"], 0.0), turn["end"])
+    steady_until = min(last_end.values(), default=t0)
+    steady = sum(1 for t in good if t["end"] <= steady_until)
+    steady_s = steady_until - t0
+    return {
+        "replicas": len(urls),
+        "sessions": sessions_n,
+        "turns_per_session": turns_n,
+        "turns": len(turns),
+        "ok": len(good),
+        "errors": errors,
+        "error_rate": (len(turns) - len(good)) / len(turns) if turns else 0.0,
+        "wall_s": round(wall, 3),
+        "turns_per_s": round(len(good) / wall, 2) if wall > 0 else 0.0,
+        "steady_turns_per_s": round(steady / steady_s, 2) if steady_s > 0 else 0.0,
+        "steady_s": round(steady_s, 3),
+        "turn_ms": brief(summarize((t["end"] - t["start"] for t in good), 1000)),
+        "ttft_ms": brief(summarize((t["ttft"] for t in good if t["ttft"] is not None), 1000)),
+        "headers_ms": brief(summarize((t["headers"] for t in good if t["headers"] is not None), 1000)),
+        "by_replica": [sum(1 for t in good if t["replica"] == i) for i in range(len(urls))],
+        "cpu": cpu,
+        "client_max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
 SCENARIOS: dict[str, Callable[[Scenario], Awaitable[dict[str, Any]]]] = {
     "turn_overhead": turn_overhead,
     "capacity": capacity,
@@ -692,6 +837,8 @@ SCENARIOS: dict[str, Callable[[Scenario], Awaitable[dict[str, Any]]]] = {
 
 async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run the scenario named in `cfg`; adds the client's own peak RSS."""
+    if cfg["scenario"] == "replicas":
+        return await replicas_phase(cfg)
     sc = Scenario(cfg)
     try:
         result = await SCENARIOS[cfg["scenario"]](sc)

@@ -207,7 +207,78 @@ def summary(doc: dict[str, Any]) -> list[Row]:
                         _med(reps, mine, "latency_ms", pct),
                     )
                 )
+    rows += _replica_rows(_ok(raw, "replicas"))
     return rows
+
+
+def _replica_rows(rep: dict[str, Any]) -> list[Row]:
+    """Scale-out: 1 replica (in the "direct" column) against 2 (in the "chambers" column)."""
+    reps = [r for r in rep.get("reps", []) if "1" in r and "2" in r]
+    if not reps:
+        return []
+    first, up = reps[0]["1"], rep["upstream"]
+    shape = f"{up['tokens']} deltas, {up['ttft_s'] * 1000:g} ms TTFT, {up['gap_s'] * 1000:g} ms apart"
+    group = (
+        f"6. Scale-out on PostgreSQL + Redis: {first['sessions']} sessions x {first['turns_per_session']} "
+        f"turns, all sessions at once, requests round-robin ({shape}; {len(reps)} repetition(s)). "
+        "Columns: direct = 1 replica, chambers = 2 replicas, ratio = 2 vs 1"
+    )
+
+    def pair(metric: str, unit: str, *path: str, scale: float = 1.0) -> Row:
+        one, two = _med(reps, "1", *path) * scale, _med(reps, "2", *path) * scale
+        return _row(group, metric, unit, one, two)
+
+    def load(size: str) -> float:
+        return _med(reps, size, "cpu", "upstream") + _med(reps, size, "cpu", "client")
+
+    def per_turn(label: str, *names: str) -> Row:
+        """CPU milliseconds per completed turn (cores x 1000 / turns per second), median over reps."""
+        values = [
+            [
+                sum(r[size]["cpu"].get(n, 0.0) for n in names) * 1000 / r[size]["turns_per_s"]
+                for r in reps
+                if r[size].get("turns_per_s")
+            ]
+            for size in ("1", "2")
+        ]
+        return _row(group, f"{label} CPU per completed turn", "ms", median(values[0]), median(values[1]))
+
+    return [
+        pair("completed turns per second", "turns/s", "turns_per_s"),
+        pair("completed turns per second, all sessions busy", "turns/s", "steady_turns_per_s"),
+        pair("turn latency p50 (request to turn.completed)", "ms", "turn_ms", "p50"),
+        pair("turn latency p99", "ms", "turn_ms", "p99"),
+        pair("TTFT p50", "ms", "ttft_ms", "p50"),
+        pair("response headers p50", "ms", "headers_ms", "p50"),
+        per_turn("replicas'", "replicas"),
+        per_turn("PostgreSQL + Redis", "postgres", "redis"),
+        pair("CPU of the replicas", "cores", "cpu", "replicas"),
+        pair("CPU of PostgreSQL (backends of this database)", "cores", "cpu", "postgres"),
+        pair("CPU of Redis (whole server)", "cores", "cpu", "redis"),
+        _row(
+            group,
+            "CPU of the fake upstream and the load generator",
+            "cores",
+            load("1"),
+            load("2"),
+        ),
+        pair("CPU of other processes on the machine", "cores", "cpu", "others"),
+        pair("turns failed", "%", "error_rate", scale=100.0),
+    ]
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """Caveats to print under the tables."""
+    out: list[str] = []
+    if _replica_rows(_ok(doc["raw"], "replicas")):
+        out.append(
+            f"Scale-out (6): everything runs on this one machine with {doc['machine']['nproc']} CPUs. Both "
+            "replicas, PostgreSQL, Redis, the fake upstream and the load generator share them, so the "
+            "2-vs-1 ratio shows what coordinating two processes through PostgreSQL and Redis costs or gains "
+            "here (relayed turns, a second event loop competing for the same cores), not how throughput "
+            "scales when each replica has cores or a machine of its own."
+        )
+    return out
 
 
 def _within(value: float, limit: float) -> bool | None:
@@ -328,11 +399,12 @@ def _fmt(value: float | None, digits: int = 1, sign: bool = False) -> str:
 def _cells(row: Row) -> list[str]:
     ok = {True: "yes", False: "NO", None: ""}[row["pass"]]
     ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None and not math.isnan(row["ratio"]) else "-"
+    digits = 2 if row["unit"] == "cores" else 1
     return [
         f"{row['metric']} ({row['unit']})",
-        _fmt(row["direct"]),
-        _fmt(row["chambers"]),
-        _fmt(row["added"], sign=True),
+        _fmt(row["direct"], digits),
+        _fmt(row["chambers"], digits),
+        _fmt(row["added"], digits, sign=True),
         ratio,
         row["target"],
         ok,
@@ -365,6 +437,7 @@ def table(doc: dict[str, Any]) -> str:
             )
         )
     lines += ["", *failures(doc)] if failures(doc) else []
+    lines += ["", *notes(doc)] if notes(doc) else []
     return "\n".join(lines)
 
 
@@ -395,6 +468,8 @@ def markdown(doc: dict[str, Any], plots: list[Path]) -> str:
         out.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row)) + " |")
     if failures(doc):
         out += ["", *[f"- {line}" for line in failures(doc)]]
+    for note in notes(doc):
+        out += ["", note]
     if plots:
         out += [""]
         out += [f"![{p.stem}](benchmarks/{p.name})" for p in plots]
@@ -505,7 +580,33 @@ def plot(doc: dict[str, Any]) -> list[Path]:
     sb = _ok(raw, "sandbox")
     if sb:
         save(_sandbox_figure(plt, sb), "sandbox")
+    reps = [r for r in _ok(raw, "replicas").get("reps", []) if "1" in r and "2" in r]
+    if reps:
+        save(_replicas_figure(plt, reps), "replicas")
     return made
+
+
+def _replicas_figure(plt: Any, reps: list[dict[str, Any]]) -> Any:
+    """Two panels: completed turns/s, and turn latency p50/p99, for 1 and 2 replicas (medians over reps)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    labels = ["1 replica", "2 replicas"]
+    rates = [_med(reps, size, "turns_per_s") for size in ("1", "2")]
+    bars = axes[0].bar(labels, rates, color=["C0", "C1"])
+    axes[0].bar_label(bars, fmt="%.1f", fontsize=8)
+    axes[0].set_ylabel("completed turns/s")
+    axes[0].set_title(f"throughput: 2 vs 1 = {rates[1] / rates[0]:.2f}x" if rates[0] else "throughput")
+    axes[0].grid(alpha=0.3, axis="y")
+    width = 0.38
+    for offset, pct, color in ((-width / 2, "p50", "C2"), (width / 2, "p99", "C3")):
+        values = [_med(reps, size, "turn_ms", pct) for size in ("1", "2")]
+        bars = axes[1].bar([x + offset for x in range(2)], values, width, color=color, label=pct)
+        axes[1].bar_label(bars, fmt="%.0f", fontsize=8)
+    axes[1].set_xticks(range(2), labels)
+    axes[1].set_ylabel("ms, request to turn.completed")
+    axes[1].set_title("turn latency")
+    axes[1].grid(alpha=0.3, axis="y")
+    axes[1].legend(fontsize=8)
+    return fig
 
 
 def _plain_log(ax: Any, axis: str) -> None:

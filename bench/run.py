@@ -5,6 +5,8 @@ ServerProcess`, embedded defaults: SQLite, in-process bus) and the load generato
 asyncio process with httpx clients) each run on their own. Results go to bench/results/ as JSON, to
 stdout as a table and to docs/benchmarks/ as markdown (plus PNG plots when matplotlib is installed).
 Metric 4 (`bench.sandbox`) runs in a process of its own, which starts its own server and scripted fake.
+Scenario `replicas` (scale-out) starts replicas on PostgreSQL and Redis instead (`bench.cluster`) and one
+`bench.load` process per phase; it needs both services and the run exits non-zero without them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from tests.support.server import ServerProcess
 
 from bench import report
+from bench.cluster import Cluster, check_services
 from bench.common import (
     RESULTS,
     ROOT,
@@ -37,6 +40,14 @@ from bench.common import (
 
 # The turn shape of the fake upstream: 200 deltas of "tok " 20 ms apart after 150 ms (a ~4.1 s turn).
 STREAMING = {"tokens": 200, "ttft": 0.15, "gap": 0.02}
+# Scale-out: short turns (20 deltas 10 ms apart after 50 ms, ~0.25 s) so that the servers, not the fake's
+# delays, bound the throughput; the same shape in both runs.
+REPLICAS: dict[str, Any] = {
+    "upstream": {"tokens": 20, "ttft": 0.05, "gap": 0.01},
+    "topologies": [1, 2],
+    "warmup_sessions": 4,
+    "warmup_turns": 2,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "upstream": {"tokens": 100, "ttft": 0.15, "gap": 0.02},  # shorter turns (~2.1 s)
@@ -47,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fanout": {"subscribers": [10, 100], "reps": 1},
         "rates": {"workers": 16, "duration_s": 2.5, "reps": 1, "turn_sessions": 120},
         "sandbox": {"starts": 10, "round_trips": 200, "snapshot_reps": {"1": 5, "100": 1}, "resumes": 4},
+        "replicas": {**REPLICAS, "sessions": 8, "turns": 10, "reps": 1},
     },
     "full": {
         "upstream": STREAMING,
@@ -68,10 +80,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fanout": {"subscribers": [1, 10, 100, 300], "reps": 3},
         "rates": {"workers": 16, "duration_s": 5, "reps": 3, "turn_sessions": 600},
         "sandbox": {"starts": 50, "round_trips": 1000, "snapshot_reps": {"1": 20, "100": 5}, "resumes": 20},
+        "replicas": {**REPLICAS, "sessions": 16, "turns": 10, "reps": 3},
     },
 }
 STREAM_SCENARIOS = ("turn_overhead", "capacity", "fanout")
-SCENARIOS = (*STREAM_SCENARIOS, "rates", "sandbox")
+SCENARIOS = (*STREAM_SCENARIOS, "rates", "sandbox", "replicas")
 
 
 @contextmanager
@@ -141,6 +154,61 @@ def run_sandbox(cfg: dict[str, Any]) -> Any:
     return result
 
 
+def run_replicas(cfg: dict[str, Any], common: dict[str, Any]) -> Any:
+    """Scale-out: each repetition starts a cluster of one replica on a new database and Redis prefix,
+    measures it, starts a second replica on the same database and prefix, measures the two (on new
+    sessions), then stops both and drops the database and the keys. One `bench.load` process per phase."""
+    print(f"== replicas {json.dumps(cfg)}", flush=True)
+    check_services()  # raises ServicesUnavailable, naming what is missing
+    started = time.monotonic()
+    reps: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with FakeUpstreamProcess(**cfg["upstream"]) as upstream:
+        for rep in range(int(cfg["reps"])):
+            entry: dict[str, Any] = {"rep": rep + 1}
+            with Cluster(1, upstream.url) as cluster:
+                for size in sorted(int(n) for n in cfg["topologies"]):
+                    cluster.grow(size)
+                    phase = {
+                        **common,
+                        **{k: v for k, v in cfg.items() if k not in ("upstream", "topologies", "reps")},
+                        "scenario": "replicas",
+                        "chambers_urls": cluster.urls,
+                        "replica_pids": cluster.pids,
+                        "database": cluster.name,
+                        "key": cluster.key,
+                        "upstream_pid": upstream.pid,
+                    }
+                    done = subprocess.run(
+                        [sys.executable, "-m", "bench.load", json.dumps(phase)],
+                        cwd=ROOT,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        timeout=900,
+                    )
+                    if done.returncode != 0:
+                        raise RuntimeError(
+                            f"bench.load replicas ({size} replicas) failed ({done.returncode}); "
+                            f"replica output:\n{cluster.tail()}"
+                        )
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    entry[str(size)] = result
+                    p50 = result["turn_ms"].get("p50", float("nan"))
+                    print(
+                        f"  rep {rep + 1}, {size} replica(s): {result['turns_per_s']:.1f} turns/s, "
+                        f"turn p50 {p50:.0f} ms, {result['ok']}/{result['turns']} ok, "
+                        f"replicas CPU {result['cpu']['replicas']:.2f} cores",
+                        flush=True,
+                    )
+                problems += cluster.problems()
+            reps.append(entry)
+    out: dict[str, Any] = {"reps": reps, "upstream": upstream.shape}
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    if problems:
+        out["server_errors"] = problems[:20]
+    return out
+
+
 def attempt(name: str, scenario: Callable[..., Any], *args: Any) -> Any:
     """`scenario(*args)`; a failure (e.g. a server that does not start) is recorded, the run goes on."""
     try:
@@ -188,6 +256,13 @@ def run(kind: str, only: set[str] | None = None) -> dict[str, Any]:
             for name in names:
                 record(name, attempt(name, run_load, name, {**common, **preset[name]}, server, upstream))
 
+    if "replicas" in wanted:
+        # Say at once (not after the other scenarios) when PostgreSQL or Redis is missing; the run goes on
+        # without the scenario and exits non-zero at the end.
+        unavailable = attempt("replicas", check_services)
+        if unavailable is not None:
+            record("replicas", unavailable)
+            wanted.remove("replicas")
     streaming = [n for n in wanted if n in STREAM_SCENARIOS]
     if streaming:
         with FakeUpstreamProcess(**preset["upstream"]) as upstream:
@@ -204,6 +279,8 @@ def run(kind: str, only: set[str] | None = None) -> dict[str, Any]:
             record("rates", attempt("rates", one, "rates", upstream))
     if "sandbox" in wanted:
         record("sandbox", attempt("sandbox", run_sandbox, preset["sandbox"]))
+    if "replicas" in wanted:
+        record("replicas", attempt("replicas", run_replicas, preset["replicas"], common))
     doc["duration_s"] = round(time.monotonic() - t0, 1)
     doc["summary"] = report.summary(doc)
     (RESULTS / f"{kind}-partial.json.tmp").unlink(missing_ok=True)
@@ -248,9 +325,14 @@ def main() -> None:
         for written in report.plot(doc):
             print(f"wrote {written.relative_to(ROOT)}")
         print("a subset of the scenarios ran: its plots were refreshed, the markdown pages left as they were")
+        if report.failures(doc):
+            sys.exit("benchmarks incomplete: " + "; ".join(report.failures(doc)))
         return
     for written in report.write_docs(doc):
         print(f"wrote {written.relative_to(ROOT)}")
+    if report.failures(doc):
+        # Everything is written; the exit status still says that the run is incomplete.
+        sys.exit("benchmarks incomplete: " + "; ".join(report.failures(doc)))
 
 
 if __name__ == "__main__":
