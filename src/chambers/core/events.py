@@ -19,6 +19,10 @@ WORKER_READY = "agent.worker.ready"
 RUNTIME_REUSED = "agent.runtime.reused"
 STREAM_GAP = "stream.gap"
 
+SEQ_JUMP_AFTER_CRASH = 10_000
+"""How far a session's event numbers skip after a process died mid-turn: the stored counter lags what
+was published, and a number must never name two events."""
+
 # What `respond` sends: the seed's normalized turn events, plus the question the turn waits on.
 TURN_SCOPED = frozenset(
     {

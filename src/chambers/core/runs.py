@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from chambers.core import events as ev
 from chambers.core import notices
 from chambers.core.clock import utcnow
 from chambers.core.controller import Controller
@@ -41,7 +42,6 @@ MAX_ATTEMPTS = 2
 """A run interrupted by a stopped server is retried once; interrupted again, it fails."""
 SESSION_PREFIX = "run"
 """Hidden sessions get `run_…` ids: the sandbox host accepts them, chat listings skip them."""
-_SEQ_GAP = 10_000
 
 
 class RunFinished(Conflict):
@@ -351,7 +351,7 @@ class RunService:
         floor = 0
         if run.session_id is not None:  # a retry: event ids go on above the previous attempt's
             previous = await self.main.get_session(run.session_id)
-            floor = (previous.event_seq + _SEQ_GAP) if previous is not None else 0
+            floor = (previous.event_seq + ev.SEQ_JUMP_AFTER_CRASH) if previous is not None else 0
         try:
             session = await self.sessions.create(
                 principal,

@@ -705,9 +705,7 @@ class TurnRunner:
     ) -> bool:
         """Close a turn that no replica runs any more as `failed`; True if this call closed it."""
         session = await self.store.get_session(turn.session_id)
-        seq = (
-            session.event_seq if session else 0
-        ) + 10_000  # numbers emitted before the crash are not reused
+        seq = (session.event_seq if session else 0) + ev.SEQ_JUMP_AFTER_CRASH
         error = {"code": code, "message": why}
         closed = await self.store.finish_turn(
             TurnOutcome(
