@@ -439,8 +439,8 @@ def test_resending_the_whole_history_does_not_duplicate_it(
     assert json.dumps(last.json).count("How many people live there?") == 1
 
     listed = member.get("/api/chat/sessions", params={"agentDid": agent["did"]}).json()["sessions"]
-    assert [(s["id"], s["title"], s["messageCount"]) for s in listed] == [
-        (session, "What is the capital of France?", len(expected))
+    assert [(s["id"], s["title"], s["messageCount"], s["status"]) for s in listed] == [
+        (session, "What is the capital of France?", len(expected), "active")
     ]
     assert listed[0]["createdAt"] <= listed[0]["updatedAt"]
     # Another member sees neither the session nor its messages.

@@ -113,6 +113,8 @@ class SessionOut(BaseModel):
     createdAt: str
     updatedAt: str
     messageCount: int
+    status: str
+    """Beyond the seed: `active`, `idle` (asleep in a snapshot) or `ended`, so a list needs no lookups."""
 
 
 class SessionList(BaseModel):
@@ -193,6 +195,7 @@ async def list_sessions(
                 createdAt=iso(s.session.created_at) or "",
                 updatedAt=iso(s.session.updated_at) or "",
                 messageCount=s.message_count,
+                status=s.session.status,
             )
             for s in page.items
         ],

@@ -173,12 +173,10 @@ export class ChatView {
     if (!this.agent) return;
     const did = this.agent.did;
     const { sessions } = await get(`/api/chat/sessions${query({ agentDid: did, limit: 50 })}`);
-    // The list has no status: each session's own record has it (and its usage).
-    const details = await Promise.all(sessions.map((s) => get(chatPath(s.id)).catch(() => null)));
     if (this.agent?.did !== did) return;
     const list = clear(this.els.sessions);
-    sessions.forEach((s, i) => {
-      const status = details[i]?.status || "active";
+    sessions.forEach((s) => {
+      const status = s.status || "active";
       list.append(
         h(
           "li",
