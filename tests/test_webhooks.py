@@ -434,6 +434,28 @@ def test_a_test_event_and_the_delivery_log(impatient_server: ServerProcess) -> N
         assert page2["nextCursor"] is None
 
 
+def test_finished_events_are_pruned_after_the_retention_and_pending_ones_kept(make_server: Any) -> None:
+    server: ServerProcess = make_server(
+        CHAMBERS_WEBHOOK_RETENTION_DAYS=str(1 / 86400),  # a second
+        CHAMBERS_WEBHOOK_PRUNE_INTERVAL_S="0.2",
+        CHAMBERS_WEBHOOK_POLL_INTERVAL_S="0.1",
+        CHAMBERS_WEBHOOK_RETRY_SCHEDULE="3600",
+    )
+    with Receiver() as receiver, client_for(server) as client:
+        delivered = subscribe(client, receiver.url("/up"))
+        waiting = subscribe(client, f"http://127.0.0.1:{free_port()}/nobody-listens")
+        for webhook in (delivered, waiting):
+            assert client.post(f"/events/v1/webhooks/{webhook['id']}/test").status_code == 202
+        receiver.wait_for(1, path="/up", ok=True)
+        failed_once = eventually(lambda: attempts(client, waiting["id"])["data"], what="the failed attempt")
+        assert failed_once[0]["deliveryStatus"] == "pending" and failed_once[0]["statusCode"] is None
+
+        # The delivered event and its log go once a second has passed; the one that waits stays.
+        eventually(lambda: attempts(client, delivered["id"])["data"] == [], what="the delivered event pruned")
+        assert attempts(client, waiting["id"])["data"] == failed_once
+        assert "removed 1 events older than the retention" in server.log()
+
+
 def test_a_failing_subscription_is_disabled(impatient_server: ServerProcess) -> None:
     with Receiver() as receiver, client_for(impatient_server) as client:
         receiver.answer("/down", 503)

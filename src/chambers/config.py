@@ -114,6 +114,15 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Consecutive failed deliveries before a subscription is disabled."
     )
     webhook_poll_interval_s: float = Field(default=0.5, gt=0, le=60)
+    webhook_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Delivered and dead webhook events are deleted after this many days, with their "
+        "delivery log; events still waiting to be delivered are kept.",
+    )
+    webhook_prune_interval_s: float = Field(
+        default=600.0, gt=0, le=86400, description="How often each server prunes the webhook outbox."
+    )
     webhook_concurrency: int = Field(default=16, ge=1, le=1000, description="Attempts in flight per process.")
     webhook_allow_private_targets: bool = Field(
         default=False, description="Allow webhook URLs that resolve to loopback or private addresses."

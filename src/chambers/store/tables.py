@@ -159,6 +159,7 @@ outbox_events = Table(
     Column("payload", JSONB, nullable=False),
     Column("created_at", TS, nullable=False),
     Index("ix_outbox_events_org", "org_id", "id"),
+    Index("ix_outbox_events_created", "created_at"),
 )
 
 webhook_deliveries = Table(
@@ -180,6 +181,7 @@ webhook_deliveries = Table(
     Column("delivered_at", TS),
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_order", "subscription_id", "ordering_key", "event_id"),
+    Index("ix_webhook_deliveries_event", "event_id"),
 )
 
 webhook_attempts = Table(

@@ -418,3 +418,29 @@ class WebhookStore:
                     .where(_dlv.c.id == due.id, _dlv.c.lease_until == due.lease_until)
                     .values(lease_until=None)
                 )
+
+    async def prune(self, before: datetime, batch: int = 500) -> int:
+        """Forget up to `batch` events made before `before` that no delivery still waits on, with their
+        deliveries and attempts; returns how many events went. Pending deliveries (a receiver that is
+        down, a paused subscription) keep their events however old."""
+        waiting = exists().where(_dlv.c.event_id == outbox_events.c.id, _dlv.c.status == "pending")
+        async with self.engine.begin() as conn:
+            ids = list(
+                (
+                    await conn.execute(
+                        select(outbox_events.c.id)
+                        .where(outbox_events.c.created_at < before, ~waiting)
+                        .order_by(outbox_events.c.created_at)
+                        .limit(batch)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return 0
+            deliveries = select(_dlv.c.id).where(_dlv.c.event_id.in_(ids))
+            await conn.execute(delete(_att).where(_att.c.delivery_id.in_(deliveries)))
+            await conn.execute(delete(_dlv).where(_dlv.c.event_id.in_(ids), _dlv.c.status != "pending"))
+            await conn.execute(delete(outbox_events).where(outbox_events.c.id.in_(ids)))
+        return len(ids)

@@ -5,6 +5,7 @@ Loop: claim due deliveries (leased, so several processes can share the queue), P
 from the retry schedule (with +-10% jitter), or mark it dead once the schedule is exhausted. Deliveries
 run concurrently (bounded overall and per subscription), off the request path. Everything is in the
 store, so delivery resumes after a restart; a lease left by a killed process expires on its own.
+Finished events older than the retention are pruned with their deliveries and attempt log.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class DeliveryPolicy:
     allow_private: bool = False
     jitter: float = 0.1
     shutdown_grace_s: float = 3.0
+    retention_s: float = 7 * 86400.0
+    prune_interval_s: float = 600.0
 
     def retry_delay(self, attempts_made: int) -> float | None:
         """Seconds before the next attempt after `attempts_made` failures, or None: give up."""
@@ -66,6 +69,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._timers: list[float] = []  # monotonic times of retries this process scheduled
         self._stopping = False
+        self._next_prune = time.monotonic() + policy.prune_interval_s
 
     async def start(self) -> None:
         if self._loop_task is not None:
@@ -113,7 +117,23 @@ class Deliverer:
             except Exception:
                 failures += 1
                 log.exception("webhook deliverer: claiming deliveries failed")
+            if time.monotonic() >= self._next_prune:
+                await self._prune()
             await self._sleep(min(self.policy.poll_interval_s * (2 ** min(failures, 6)), 30.0))
+
+    async def _prune(self) -> None:
+        """Keep the outbox bounded: finished events older than the retention go, in batches. Every
+        replica does this; the deletes are idempotent, so they need no coordination."""
+        self._next_prune = time.monotonic() + self.policy.prune_interval_s
+        before = utcnow() - timedelta(seconds=self.policy.retention_s)
+        try:
+            removed = 0
+            while not self._stopping and (pruned := await self.store.prune(before)):
+                removed += pruned
+            if removed:
+                log.info("webhook outbox: removed %d events older than the retention", removed)
+        except Exception:
+            log.exception("webhook outbox: pruning failed; trying again later")
 
     async def _sleep(self, longest: float) -> None:
         now = time.monotonic()

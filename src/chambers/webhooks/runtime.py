@@ -46,6 +46,8 @@ def build_webhooks(settings: Settings, engine: AsyncEngine) -> Webhooks:
         poll_interval_s=settings.webhook_poll_interval_s,
         concurrency=settings.webhook_concurrency,
         allow_private=settings.webhook_allow_private_targets,
+        retention_s=settings.webhook_retention_days * 86400,
+        prune_interval_s=settings.webhook_prune_interval_s,
     )
     deliverer = Deliverer(store, box, policy)
     service = WebhookService(
