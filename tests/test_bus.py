@@ -32,7 +32,7 @@ from chambers.core.events import Event, Replay
 from chambers.core.ports import EventBus
 from tests.conftest import auth, need_postgres, need_redis
 from tests.support import services
-from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text
+from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
 from tests.support.sse import events, read_until, turn_done
 
@@ -384,6 +384,51 @@ def test_a_message_while_redis_is_down_is_refused_and_leaves_the_session_usable(
             answered = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
             assert answered.status_code == 200, answered.text
             assert [p["text"] for p in answered.json()["parts"] if p["type"] == "text"] == ["back again"]
+    finally:
+        proxy.close()
+
+
+@pytest.mark.redis
+def test_an_answer_while_redis_is_down_closes_its_turn_at_once(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    """Resuming a turn needs the bus too: when it is away the answer is refused and the turn closed, so
+    the session does not wait out a lease."""
+    need_redis()
+    target = urlsplit(services.REDIS_URL)
+    proxy = _ThreadedProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    proxy.start()
+    try:
+        server: ServerProcess = make_server(
+            CHAMBERS_REDIS_URL=proxy.url, CHAMBERS_REDIS_KEY_PREFIX=services.redis_prefix()
+        )
+        with httpx.Client(base_url=server.url, headers=auth(server.admin_key or ""), timeout=30) as client:
+            chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
+            upstream.script(Reply([ToolCall("ask_user", {"question": "Go on?"})]))
+            with client.stream(
+                "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "ask"}]}
+            ) as response:
+                request_id = read_until(response, lambda e: e.event == "question")[-1].data["requestID"]
+            turn_id = client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
+            turn = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+            assert turn["status"] == "waiting_for_input"
+            assert [q["requestID"] for q in turn["questions"]] == [request_id]
+
+            proxy.stop()
+            refused = client.post(
+                f"/agent/v1/chat/{chat_id}/question/{request_id}/reply", json={"text": "yes"}
+            )
+            assert refused.status_code == 503, refused.text
+            closed = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+            assert closed["status"] == "failed" and closed["error"]["code"] == "UNAVAILABLE"
+            assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
+
+            proxy.start()
+            upstream.script(Reply([Text("fresh start")]))
+            again = client.post(
+                f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "again"}]}
+            )
+            assert again.status_code == 200, again.text
     finally:
         proxy.close()
 

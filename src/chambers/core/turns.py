@@ -536,7 +536,11 @@ class TurnRunner:
                 raise QuestionClosed("This question was already answered")
             turn.pending, turn.status = pending, "running"
             turn.assistant_message_id = pending.get("messageId")
-            await self._resume(session, turn, dict(pending["answers"]))
+            try:
+                await self._resume(session, turn, dict(pending["answers"]))
+            except Exception as exc:  # as in submit(): a turn that cannot go on must not hold the session
+                await self._fail_interrupted(turn, f"The turn could not resume: {exc}", code="UNAVAILABLE")
+                raise
         return {"requestID": request_id, "turnId": turn.id, "status": "answered", "resumed": True}
 
     async def _resume(self, session: ChatSession, turn: Turn, answers: dict[str, str]) -> None:
