@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from tests.support.server import ServerProcess
+from tests.support.services import flush_prefix
 
 from bench.common import server_env
 
@@ -95,23 +95,6 @@ def check_services() -> None:
             "; ".join(problems) + ". Scenario `replicas` needs both: start them, point "
             "CHAMBERS_BENCH_POSTGRES_URL / CHAMBERS_BENCH_REDIS_URL at them, or leave it out with --only."
         )
-
-
-def flush_prefix(prefix: str) -> int:
-    """Delete every Redis key under `prefix:`; returns how many."""
-    import redis
-
-    removed = 0
-    with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5, socket_timeout=30) as client:
-        batch: list[Any] = []
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                removed += int(client.unlink(*batch))
-                batch.clear()
-        if batch:
-            removed += int(client.unlink(*batch))
-    return removed
 
 
 class Cluster:
@@ -199,7 +182,7 @@ class Cluster:
             except Exception as exc:
                 print(f"!! could not drop database {self.name}: {exc}", flush=True)
         try:
-            flush_prefix(self.name)
+            flush_prefix(self.name, REDIS_URL)
         except Exception as exc:
             print(f"!! could not delete the Redis keys {self.name}:*: {exc}", flush=True)
         shutil.rmtree(self.root, ignore_errors=True)

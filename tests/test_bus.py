@@ -355,11 +355,9 @@ class _ThreadedProxy:
         self.thread.join(10)
 
 
-@pytest.mark.redis
-def test_a_message_while_redis_is_down_is_refused_and_leaves_the_session_usable(
-    make_server: Any, upstream: FakeUpstream
-) -> None:
-    """The session is claimed before the turn is announced on the bus; when that fails the claim goes."""
+@pytest.fixture
+def redis_cut(make_server: Any) -> Iterator[tuple[_ThreadedProxy, httpx.Client]]:
+    """A server whose Redis sits behind a proxy the test can take down, and an admin client for it."""
     need_redis()
     target = urlsplit(services.REDIS_URL)
     proxy = _ThreadedProxy((target.hostname or "127.0.0.1", target.port or 6379))
@@ -369,68 +367,65 @@ def test_a_message_while_redis_is_down_is_refused_and_leaves_the_session_usable(
             CHAMBERS_REDIS_URL=proxy.url, CHAMBERS_REDIS_KEY_PREFIX=services.redis_prefix()
         )
         with httpx.Client(base_url=server.url, headers=auth(server.admin_key or ""), timeout=30) as client:
-            chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
-            say = {"parts": [{"type": "text", "text": "hello"}]}
-
-            proxy.stop()
-            refused = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
-            assert refused.status_code == 503, refused.text
-            assert refused.json()["error"]["code"] == "UNAVAILABLE"
-            assert "event bus unavailable" in refused.json()["error"]["message"]
-            assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
-
-            proxy.start()  # Redis is back: the session takes the next message at once, no lease to wait out
-            upstream.script(Reply([Text("back again")]))
-            answered = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
-            assert answered.status_code == 200, answered.text
-            assert [p["text"] for p in answered.json()["parts"] if p["type"] == "text"] == ["back again"]
+            yield proxy, client
     finally:
         proxy.close()
+
+
+@pytest.mark.redis
+def test_a_message_while_redis_is_down_is_refused_and_leaves_the_session_usable(
+    redis_cut: tuple[_ThreadedProxy, httpx.Client], upstream: FakeUpstream
+) -> None:
+    """The session is claimed before the turn is announced on the bus; when that fails the claim goes."""
+    proxy, client = redis_cut
+    chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
+    say = {"parts": [{"type": "text", "text": "hello"}]}
+
+    proxy.stop()
+    refused = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "UNAVAILABLE"
+    assert "event bus unavailable" in refused.json()["error"]["message"]
+    assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
+
+    proxy.start()  # Redis is back: the session takes the next message at once, no lease to wait out
+    upstream.script(Reply([Text("back again")]))
+    answered = client.post(f"/agent/v1/chat/{chat_id}/message", json=say)
+    assert answered.status_code == 200, answered.text
+    assert [p["text"] for p in answered.json()["parts"] if p["type"] == "text"] == ["back again"]
 
 
 @pytest.mark.redis
 def test_an_answer_while_redis_is_down_closes_its_turn_at_once(
-    make_server: Any, upstream: FakeUpstream
+    redis_cut: tuple[_ThreadedProxy, httpx.Client], upstream: FakeUpstream
 ) -> None:
     """Resuming a turn needs the bus too: when it is away the answer is refused and the turn closed, so
     the session does not wait out a lease."""
-    need_redis()
-    target = urlsplit(services.REDIS_URL)
-    proxy = _ThreadedProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    proxy, client = redis_cut
+    chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
+    upstream.script(Reply([ToolCall("ask_user", {"question": "Go on?"})]))
+    with client.stream(
+        "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "ask"}]}
+    ) as response:
+        request_id = read_until(response, lambda e: e.event == "question")[-1].data["requestID"]
+    turn_id = client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
+    turn = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+    assert turn["status"] == "waiting_for_input"
+    assert [q["requestID"] for q in turn["questions"]] == [request_id]
+
+    proxy.stop()
+    refused = client.post(f"/agent/v1/chat/{chat_id}/question/{request_id}/reply", json={"text": "yes"})
+    assert refused.status_code == 503, refused.text
+    closed = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
+    assert closed["status"] == "failed" and closed["error"]["code"] == "UNAVAILABLE"
+    assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
+
     proxy.start()
-    try:
-        server: ServerProcess = make_server(
-            CHAMBERS_REDIS_URL=proxy.url, CHAMBERS_REDIS_KEY_PREFIX=services.redis_prefix()
-        )
-        with httpx.Client(base_url=server.url, headers=auth(server.admin_key or ""), timeout=30) as client:
-            chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
-            upstream.script(Reply([ToolCall("ask_user", {"question": "Go on?"})]))
-            with client.stream(
-                "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "ask"}]}
-            ) as response:
-                request_id = read_until(response, lambda e: e.event == "question")[-1].data["requestID"]
-            turn_id = client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
-            turn = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
-            assert turn["status"] == "waiting_for_input"
-            assert [q["requestID"] for q in turn["questions"]] == [request_id]
-
-            proxy.stop()
-            refused = client.post(
-                f"/agent/v1/chat/{chat_id}/question/{request_id}/reply", json={"text": "yes"}
-            )
-            assert refused.status_code == 503, refused.text
-            closed = client.get(f"/agent/v1/chat/{chat_id}/turns/{turn_id}").json()
-            assert closed["status"] == "failed" and closed["error"]["code"] == "UNAVAILABLE"
-            assert client.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"] is None
-
-            proxy.start()
-            upstream.script(Reply([Text("fresh start")]))
-            again = client.post(
-                f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "again"}]}
-            )
-            assert again.status_code == 200, again.text
-    finally:
-        proxy.close()
+    upstream.script(Reply([Text("fresh start")]))
+    again = client.post(
+        f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "again"}]}
+    )
+    assert again.status_code == 200, again.text
 
 
 # Two replicas: two servers on one PostgreSQL database and one Redis prefix

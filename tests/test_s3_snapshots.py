@@ -13,7 +13,7 @@ from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
 from tests.support.s3 import AWS_ENV, S3Server, running_s3
 from tests.support.server import ServerProcess
-from tests.support.sse import read_until
+from tests.support.sse import read_until, respond_turn
 
 FAST_IDLE = {"CHAMBERS_IDLE_TIMEOUT_MIN_MS": "100", "CHAMBERS_REAPER_INTERVAL_S": "0.2"}
 
@@ -67,12 +67,7 @@ def test_an_idle_session_sleeps_in_the_bucket_and_wakes_from_it(
             Reply([ToolCall("shell", {"command": "cat work/notes.txt"})]),
             Reply([Text("All there.")]),
         )
-        with client.stream(
-            "POST",
-            f"/agent/v1/chat/{chat_id}/respond",
-            json={"parts": [{"type": "text", "text": "read it back"}]},
-        ) as response:
-            events = read_until(response, lambda e: e.event == "turn.completed")
+        events = respond_turn(client, chat_id, "read it back")
         statuses = [e.data["status"] for e in events if e.event == "turn.status"]
         assert statuses[0] == "restoring" and "running" in statuses
         assert upstream.requests[-1].contains("kept-in-s3")

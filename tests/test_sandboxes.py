@@ -10,7 +10,7 @@ import httpx
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
-from tests.support.sse import read_until
+from tests.support.sse import read_until, respond_turn
 
 FAST_IDLE = {"CHAMBERS_IDLE_TIMEOUT_MIN_MS": "100", "CHAMBERS_REAPER_INTERVAL_S": "0.2"}
 
@@ -67,12 +67,7 @@ def test_files_and_shell_state_survive_an_idle_snapshot(make_server: Any, upstre
             Reply([ToolCall("shell", {"command": "pwd; cat notes.txt; echo $GREETING"})]),
             Reply([Text("All there.")]),
         )
-        with client.stream(
-            "POST",
-            f"/agent/v1/chat/{chat_id}/respond",
-            json={"parts": [{"type": "text", "text": "read it back"}]},
-        ) as response:
-            events = read_until(response, lambda e: e.event == "turn.completed")
+        events = respond_turn(client, chat_id, "read it back")
         statuses = [e.data["status"] for e in events if e.event == "turn.status"]
         assert statuses[0] == "restoring" and "running" in statuses
         result = upstream.requests[-1]
@@ -95,10 +90,7 @@ def test_a_live_sandbox_is_reused_by_the_next_turn(admin: httpx.Client, upstream
     upstream.script(Reply([ToolCall("write_file", {"path": "a.txt", "content": "A"})]), Reply([Text("one")]))
     say(admin, chat_id, "first")
     upstream.script(Reply([ToolCall("read_file", {"path": "a.txt"})]), Reply([Text("two")]))
-    with admin.stream(
-        "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": "second"}]}
-    ) as response:
-        events = read_until(response, lambda e: e.event == "turn.completed")
+    events = respond_turn(admin, chat_id, "second")
     tool_updates = [e for e in events if e.event == "message.part.updated" and e.data["type"] == "tool"]
     assert (
         tool_updates[-1].data["part"]["name"] == "read_file"

@@ -138,10 +138,10 @@ def redis_prefix() -> str:
     return prefix
 
 
-def flush_prefix(prefix: str) -> int:
-    """Delete every key under `prefix:`; returns how many."""
+def flush_prefix(prefix: str, url: str = REDIS_URL) -> int:
+    """Delete every key under `prefix:` (on the Redis at `url`); returns how many."""
     removed = 0
-    with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5, socket_timeout=30) as client:
+    with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30) as client:
         batch: list[Any] = []
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             batch.append(key)

@@ -45,3 +45,12 @@ def read_until(response: httpx.Response, stop: Callable[[Sse], bool]) -> list[Ss
 
 def turn_done(turn_id: str | None = None) -> Callable[[Sse], bool]:
     return lambda e: e.event == "turn.completed" and (turn_id is None or e.data["turnId"] == turn_id)
+
+
+def respond_turn(client: httpx.Client, chat_id: str, text: str) -> list[Sse]:
+    """Send `text` with `POST /respond` and read the turn's events through `turn.completed`."""
+    with client.stream(
+        "POST", f"/agent/v1/chat/{chat_id}/respond", json={"parts": [{"type": "text", "text": text}]}
+    ) as response:
+        assert response.status_code == 200, response.read()
+        return read_until(response, lambda e: e.event == "turn.completed")
