@@ -102,6 +102,21 @@ def serving(upstream: FakeUpstreamProcess) -> Iterator[ServerProcess]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def load_process(payload: dict[str, Any], timeout: float, what: str, output: Callable[[], str]) -> Any:
+    """Run `bench.load` with `payload`; its progress goes to stderr, its JSON result back here. On a
+    failure the error carries `output()` (the servers' last lines)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.load", json.dumps(payload)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.load {what} failed ({done.returncode}); server output:\n{output()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: FakeUpstreamProcess) -> Any:
     """Run one scenario in a `bench.load` process; its progress goes to stderr, its JSON back here."""
     assert server.proc is not None and server.admin_key is not None
@@ -118,17 +133,7 @@ def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: Fa
     }
     print(f"== {name} {json.dumps(cfg)}", flush=True)
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.load", json.dumps(full)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=1800,
-    )
-    if done.returncode != 0:
-        tail = "".join(server.output[-30:])
-        raise RuntimeError(f"bench.load {name} failed ({done.returncode}); server output:\n{tail}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = load_process(full, 1800, name, lambda: "".join(server.output[-30:]))
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     problems = [line for line in server.output if " ERROR " in line or "Traceback" in line]
     if problems:
@@ -179,19 +184,7 @@ def run_replicas(cfg: dict[str, Any], common: dict[str, Any]) -> Any:
                         "key": cluster.key,
                         "upstream_pid": upstream.pid,
                     }
-                    done = subprocess.run(
-                        [sys.executable, "-m", "bench.load", json.dumps(phase)],
-                        cwd=ROOT,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                        timeout=900,
-                    )
-                    if done.returncode != 0:
-                        raise RuntimeError(
-                            f"bench.load replicas ({size} replicas) failed ({done.returncode}); "
-                            f"replica output:\n{cluster.tail()}"
-                        )
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    result = load_process(phase, 900, f"replicas ({size} replicas)", cluster.tail)
                     entry[str(size)] = result
                     p50 = result["turn_ms"].get("p50", float("nan"))
                     print(

@@ -14,23 +14,13 @@ from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
 from tests.support.s3 import AWS_ENV, S3Server, running_s3
 from tests.support.server import ServerProcess
 from tests.support.sse import read_until, respond_turn
-
-FAST_IDLE = {"CHAMBERS_IDLE_TIMEOUT_MIN_MS": "100", "CHAMBERS_REAPER_INTERVAL_S": "0.2"}
+from tests.test_sandboxes import FAST_IDLE, say
 
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
     with running_s3() as server:
         yield server
-
-
-def say(client: httpx.Client, chat_id: str, text: str) -> dict[str, Any]:
-    response = client.post(
-        f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": text}]}
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def test_an_idle_session_sleeps_in_the_bucket_and_wakes_from_it(
