@@ -17,7 +17,7 @@ from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCal
 from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
 from tests.support.sse import events, read_until, turn_done
-from tests.test_webhooks import eventually
+from tests.support.waiting import eventually
 
 
 class Cluster:

@@ -14,6 +14,7 @@ from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
 from tests.support.s3 import AWS_ENV, S3Server, running_s3
 from tests.support.server import ServerProcess
 from tests.support.sse import read_until, respond_turn
+from tests.support.waiting import eventually
 from tests.test_sandboxes import FAST_IDLE, say
 
 
@@ -33,9 +34,9 @@ def test_an_idle_session_sleeps_in_the_bucket_and_wakes_from_it(
         CHAMBERS_SNAPSHOT_URL=f"s3://{bucket}/deploy/snapshots",
         CHAMBERS_SNAPSHOT_ENDPOINT_URL=s3.endpoint_url,
     )
-    log = "".join(proc.output)
-    assert f"snapshot store: S3 s3://{bucket}/deploy/snapshots at {s3.endpoint_url}" in log
-    assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in log
+    line = f"snapshot store: S3 s3://{bucket}/deploy/snapshots at {s3.endpoint_url}"
+    eventually(lambda: line in proc.log(), what="the snapshot store's start-up line")  # read by a thread
+    assert AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in proc.log()
     with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=60) as client:
         chat_id = client.post("/agent/v1/chat", json={"idleTimeoutMs": 1000}).json()["id"]
         upstream.script(

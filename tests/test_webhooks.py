@@ -28,6 +28,7 @@ from tests.conftest import auth, server_env
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text
 from tests.support.receiver import Received, Receiver
 from tests.support.server import ServerProcess, free_port
+from tests.support.waiting import eventually
 
 T = TypeVar("T")
 
@@ -42,18 +43,6 @@ PATIENT_SCHEDULE = "0.2,0.2,0.5," + ",".join(["1"] * 30)
 
 
 # helpers
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
-    """Poll the server's API until `check` returns something (the API offers no other signal)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def client_for(proc: ServerProcess, key: str | None = None) -> httpx.Client:
