@@ -161,16 +161,20 @@ class TurnRunner:
                 return await self._hand_off(session, turn, {"kind": "run", "turn": turn.id})
             return await self._launch(session, turn, resume=None)
         except BaseException as exc:
-            # The session is claimed but the turn never got going (the event bus or the owning replica
-            # could not be reached): close the turn, or the session refuses messages until its lease ends.
             self._admissions.pop(turn.id, None)
             self._prompts.pop(turn.id, None)
-            abandon = self._fail_interrupted(turn, f"The turn could not start: {exc}", code="UNAVAILABLE")
-            if isinstance(exc, asyncio.CancelledError):
-                self._spawn(_ignore_result(abandon), f"abandon {turn.id}")
-            else:
-                await abandon
+            await self._give_up(turn, exc, "start")
             raise
+
+    async def _give_up(self, turn: Turn, exc: BaseException, what: str) -> None:
+        """Close a turn that holds its session but could not `what` (start, resume): the event bus or the
+        owning replica was out of reach, or the request was cancelled. Left alone, the session would
+        refuse messages until the turn's lease ran out."""
+        closing = self._fail_interrupted(turn, f"The turn could not {what}: {exc}", code="UNAVAILABLE")
+        if isinstance(exc, asyncio.CancelledError):  # awaiting here would be cancelled in turn
+            self._spawn(_ignore_result(closing), f"close {turn.id}")
+        else:
+            await closing
 
     def placement(self, session: ChatSession) -> str:
         """Where a turn of `session` runs: on the replica holding its sandbox, while its lease lives."""
@@ -538,8 +542,8 @@ class TurnRunner:
             turn.assistant_message_id = pending.get("messageId")
             try:
                 await self._resume(session, turn, dict(pending["answers"]))
-            except Exception as exc:  # as in submit(): a turn that cannot go on must not hold the session
-                await self._fail_interrupted(turn, f"The turn could not resume: {exc}", code="UNAVAILABLE")
+            except BaseException as exc:
+                await self._give_up(turn, exc, "resume")
                 raise
         return {"requestID": request_id, "turnId": turn.id, "status": "answered", "resumed": True}
 

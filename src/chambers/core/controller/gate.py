@@ -58,19 +58,27 @@ class ControllerGate:
         """An answer to a question goes to the model too: the grant and the message policies hold. The
         turn's own limits (turns, cost, rate) were checked when it started and are not counted again."""
         agent = await self.agents.of_session(session.org_id, session.agent_id)
-        await self.check(principal, agent, facts_of(session), text, count=False, reply=True)
+        await self.check(principal, agent, facts_of(session), text, count=False, message_only=True)
 
     async def check(
-        self, principal: Principal, agent: Agent, facts: Facts, text: str, *, count: bool, reply: bool = False
+        self,
+        principal: Principal,
+        agent: Agent,
+        facts: Facts,
+        text: str,
+        *,
+        count: bool,
+        message_only: bool = False,
     ) -> list[dict[str, Any]]:
         """The grant and every policy of `agent`, in order; the first refusal is logged and raised.
 
-        With `count` false the rate limit is only looked at (a dry run before a session is made).
+        With `count` false the rate limit is only looked at (a dry run before a session is made). With
+        `message_only`, only the policies on the message itself (model, size): no turn, cost or rate limit.
         """
         decisions: list[dict[str, Any]] = []
         try:
             decisions.append(await authorize(self.store, principal, agent))
-            await self._policies(principal, agent, facts, text, count, decisions, reply)
+            await self._policies(principal, agent, facts, text, count, decisions, message_only)
         except (Forbidden, PolicyDenied, RateLimited) as refusal:
             if not decisions or decisions[-1].get("result") != "deny":
                 decisions.append({"policy": "grant", "result": "deny"})
@@ -86,7 +94,7 @@ class ControllerGate:
         text: str,
         count: bool,
         decisions: list[dict[str, Any]],
-        reply: bool = False,
+        message_only: bool,
     ) -> None:
         policy = agent.policy
 
@@ -115,7 +123,7 @@ class ControllerGate:
                 len(text),
                 f"the message has {len(text)} characters; agent {agent.did} accepts at most {limit}",
             )
-        if reply:
+        if message_only:
             return
         if policy.max_turns_per_session is not None:
             limit = policy.max_turns_per_session
