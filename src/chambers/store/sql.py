@@ -111,9 +111,13 @@ class SqlStore:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
-        engine = create_async_engine(url, **kwargs)
+        sqlite = url.startswith("sqlite")
+        # SQLite takes one writer at a time. With one pooled writer connection, writers wait their turn
+        # in the pool's queue (FIFO, woken at once) instead of in SQLite's busy handler, which polls
+        # with sleeps of up to 100 ms and made write latency under load grow to seconds.
+        engine = create_async_engine(url, **kwargs, **({"pool_size": 1, "max_overflow": 0} if sqlite else {}))
         reader = None
-        if engine.dialect.name == "sqlite":
+        if sqlite:
             # A deferred transaction that reads and then writes cannot wait for the write lock: SQLite
             # answers "database is locked" at once. Taking the lock up front lets busy_timeout queue it.
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
