@@ -93,10 +93,11 @@ class ModelResolver:
                 "/v1/messages",
             )
         from pydantic_ai.models.openai import OpenAIChatModel
-        from pydantic_ai.providers.openai import OpenAIProvider
+
+        from chambers.agent.openai_client import ChunkValidatingOpenAIProvider
 
         return ResolvedModel(
-            OpenAIChatModel(name, provider=OpenAIProvider(base_url=base, api_key=key)),
+            OpenAIChatModel(name, provider=ChunkValidatingOpenAIProvider(base_url=base, api_key=key)),
             provider,
             name,
             "/v1/chat/completions",
@@ -110,3 +111,5 @@ def preload_providers() -> None:
     import pydantic_ai.models.openai
     import pydantic_ai.providers.anthropic
     import pydantic_ai.providers.openai  # noqa: F401
+
+    import chambers.agent.openai_client  # noqa: F401
