@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,6 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from chambers.api.sse import encode
 from chambers.bus.conformance import (
     BusFactory,
     EventBusSuite,
@@ -25,10 +28,11 @@ from chambers.bus.conformance import (
     publish_n,
     seqs,
     subscribed,
+    text_update,
 )
 from chambers.bus.memory import MemoryEventBus
 from chambers.bus.redis import BusUnavailable, RedisEventBus
-from chambers.core.events import Event, Replay
+from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 from chambers.core.ports import EventBus
 from tests.conftest import auth, need_postgres, need_redis
 from tests.support import services
@@ -97,6 +101,102 @@ class TestRedisEventBus(EventBusSuite):
             return bus.local_subscribers(session_id)
 
         return count
+
+
+# The memory bus's own rules
+
+
+async def stream_text(bus: MemoryEventBus, session: str, part_id: str, deltas: int, size: int) -> str:
+    """Stream one text part to a live subscriber that encodes each event as the SSE adapter does."""
+    text = ""
+    async with subscribed(bus, session, None, heartbeat_s=0.01) as sub:
+        await live(sub)
+        for i in range(deltas):
+            delta = f"{i:>{size}}"[-size:]
+            text += delta
+            await bus.publish(session, MESSAGE_PART_UPDATED, text_update(part_id, text, delta), "turn_1")
+            (event,) = await next_events(sub, 1)
+            assert encode(event)
+    return text
+
+
+async def retained_by(work: Callable[[], Awaitable[object]]) -> int:
+    """Bytes still allocated once `work` is done and its result dropped."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await work()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+async def test_the_memory_buffer_keeps_a_streamed_text_once() -> None:
+    """Every update of a streamed text carries the whole text so far. Kept as published, 500 deltas of 8
+    characters put 8 * (1 + 2 + … + 500) ≈ 1 MB of text in the buffer, and ≈ 3 MB once a subscriber has
+    cached each event's JSON and SSE encoding on it: quadratic in the answer. Kept as one shared text and
+    offsets, it is the 4 KB text plus ~170 bytes a buffered update, ≈ 85 KB: linear. 150 KB is well above
+    the one and far below the other."""
+    bus = MemoryEventBus(buffer_size=1000)
+    session = new_session()
+    await bus.publish(session, "turn.started", {"turnId": "turn_1"})  # the session's log exists already
+    kept = await retained_by(lambda: stream_text(bus, session, "part_a", deltas=500, size=8))
+    assert kept < 150_000, f"the buffer keeps {kept / 1024:.0f} KB for a 4 KB answer"
+    replay = await bus.replay(session, 0)
+    assert seqs(replay.events) == list(range(1, 502))
+    assert [len(e.data["text"]) for e in replay.events[1:]] == list(range(8, 4001, 8))
+
+
+async def test_the_memory_buffer_lets_go_of_the_parts_it_no_longer_holds() -> None:
+    """Part after part is streamed through a buffer of 40 events, each part 40 updates to a 100 KB text.
+    The buffer then holds one part's updates (their shared text: 100 KB) and the bus remembers the text
+    of a few recent parts to extend them (~4 * 100 KB). Remembering every part would keep 30 * 100 KB
+    = 3 MB, and keeping the updates' texts as published 2.5 KB * (1 + … + 40) ≈ 2 MB; 1 MB separates."""
+    bus = MemoryEventBus(buffer_size=40)
+    session = new_session()
+    await bus.publish(session, "turn.started", {"turnId": "turn_1"})
+
+    async def stream_parts() -> None:
+        for n in range(30):
+            await stream_text(bus, session, f"part_{n}", deltas=40, size=2500)
+
+    kept = await retained_by(stream_parts)
+    assert kept < 1_000_000, f"the buffer keeps {kept / 1024:.0f} KB for 40 events"
+    replay = await bus.replay(session, 0)
+    assert replay.gap is True and len(replay.events) == 40
+    assert {e.data["partId"] for e in replay.events} == {"part_29"}
+    assert len(replay.events[-1].data["text"]) == 100_000
+
+
+async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:
+    """Live subscribers get the very event `publish` made (encoded once for all); the buffer and replays
+    hold their own events on the same data, so no cached encoding settles in the buffer."""
+    bus = MemoryEventBus()
+    session = new_session()
+    tool = {"turnId": "turn_1", "partId": "part_t", "type": "tool", "part": {"output": "x" * 10_000}}
+    async with subscribed(bus, session, 0) as one, subscribed(bus, session, 0) as two:
+        await first_replay(one)
+        await first_replay(two)
+        published = [
+            await bus.publish(session, MESSAGE_PART_UPDATED, tool, "turn_1"),
+            await bus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", "hi", "hi"), "turn_1"),
+        ]
+        got_one, got_two = await next_events(one, 2), await next_events(two, 2)
+    assert all(a is b is c for a, b, c in zip(published, got_one, got_two, strict=True))
+    for event in got_one:
+        encode(event)
+    assert all(e.wire is not None and e._json is not None for e in got_two)
+    buffered = bus._logs[session].buffer
+    assert len(buffered) == 2 and all(a is not b for a, b in zip(published, buffered, strict=True))
+    replayed = (await bus.replay(session, 0)).events
+    assert [(e._json, e.wire) for e in replayed] == [(None, None), (None, None)]
+    assert all(a is not b for a, b in zip(published, replayed, strict=True))
+    assert replayed[0].data is tool, "a plain event's data is shared, not copied"
+    assert [encode(e) for e in replayed] == [e.wire for e in published]
+    again = (await bus.replay(session, 0)).events
+    assert [(e._json, e.wire) for e in again] == [(None, None), (None, None)], "nor what a replay cached"
 
 
 # The Redis bus's own rules

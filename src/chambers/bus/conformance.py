@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from chambers.core.events import Event, Replay
+from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 from chambers.core.ports import EventBus
 
 __all__ = ("BusFactory", "EventBusSuite")
@@ -100,6 +100,44 @@ async def publish_n(bus: EventBus, session_id: str, count: int, type: str = "tes
 
 def seqs(events: list[Event]) -> list[int]:
     return [e.seq for e in events]
+
+
+def text_update(part_id: str, text: str, delta: str, message_id: str = "msg_1") -> dict[str, Any]:
+    """A streamed text part update as the turn runner sends it: the whole text so far, then the new piece."""
+    return {
+        "turnId": "turn_1",
+        "messageId": message_id,
+        "partId": part_id,
+        "type": "text",
+        "text": text,
+        "delta": delta,
+    }
+
+
+def as_published(events: list[Event]) -> list[tuple[int, str, str | None, list[tuple[str, Any]], str]]:
+    """What must survive the buffer exactly: number, type, turn, the data with its key order, its JSON."""
+    return [(e.seq, e.type, e.turn_id, list(e.data.items()), e.json) for e in events]
+
+
+class _Streamer:
+    """Publishes text part updates that extend each part's text, and remembers every event published."""
+
+    def __init__(self, bus: EventBus, session_id: str) -> None:
+        self.bus, self.session_id = bus, session_id
+        self.texts: dict[str, str] = {}
+        self.published: list[Event] = []
+
+    async def send(self, type: str, data: dict[str, Any], turn_id: str | None = "turn_1") -> None:
+        self.published.append(await self.bus.publish(self.session_id, type, data, turn_id))
+
+    async def extend(self, part_id: str, delta: str, message_id: str = "msg_1") -> None:
+        text = self.texts[part_id] = self.texts.get(part_id, "") + delta
+        await self.send(MESSAGE_PART_UPDATED, text_update(part_id, text, delta, message_id))
+
+    async def replace(self, part_id: str, text: str, delta: str) -> None:
+        """An update whose text is not an extension of the part's text so far."""
+        self.texts[part_id] = text
+        await self.send(MESSAGE_PART_UPDATED, text_update(part_id, text, delta))
 
 
 class EventBusSuite:
@@ -236,6 +274,103 @@ class EventBusSuite:
         after = await bus.replay(session, 3)
         assert (seqs(after.events), after.gap, after.oldest_seq) == ([8], True, 8)
         assert (await bus.replay(session, 7)).gap is False
+
+    async def test_replay_gives_back_streamed_text_updates_exactly_as_published(self, bus: EventBus) -> None:
+        """Each text part update carries the whole text so far; a bus may keep them compactly, but what it
+        replays is what was published: same numbers, types, turns, data, key order and JSON."""
+        session = new_session()
+        out = _Streamer(bus, session)
+        async with subscribed(bus, session, 0) as sub:
+            await first_replay(sub)
+            await out.send("turn.started", {"turnId": "turn_1"})
+            for i in range(60):
+                await out.extend("part_a", f"a{i} héllo ✓ ")
+                if i % 3 == 0:
+                    await out.extend("part_b", f"b{i}|")
+                if i % 7 == 0:
+                    await out.send("turn.status", {"turnId": "turn_1", "status": "busy", "i": i})
+                    tool = {"id": "part_t", "type": "tool", "output": "x" * i}
+                    await out.send(
+                        MESSAGE_PART_UPDATED,
+                        {
+                            "turnId": "turn_1",
+                            "messageId": "msg_1",
+                            "partId": "part_t",
+                            "type": "tool",
+                            "part": tool,
+                        },
+                    )
+                if i == 20:
+                    await out.replace("part_a", "rewritten: ", "rewritten: ")  # not an extension
+                if i == 30:
+                    await out.replace("part_a", "rewritten", "")  # shorter, and an empty delta
+                if i == 40:
+                    await out.extend("part_a", "!", message_id="msg_2")  # another value for a key
+            live_events = await next_events(sub, len(out.published))
+        assert as_published(live_events) == as_published(out.published)
+        replay = await bus.replay(session, 0)
+        assert (replay.gap, replay.oldest_seq) == (False, 1)
+        assert as_published(replay.events) == as_published(out.published)
+        assert replay.events[-1].data["text"] == out.texts["part_a"]
+        middle = await bus.replay(session, 50)
+        assert as_published(middle.events) == as_published(out.published[50:])
+
+    async def test_replay_gives_back_unusual_text_updates_exactly_as_published(self, bus: EventBus) -> None:
+        """Updates that only look like streamed text, or change shape within a part, are not altered."""
+        session = new_session()
+        out = _Streamer(bus, session)
+        await out.extend("part_a", "one ")
+        head = {"turnId": "turn_1", "messageId": "msg_1", "partId": "part_a", "type": "text"}
+        shapes: list[dict[str, Any]] = [
+            text_update("part_a", "one two ", "two "),
+            {"partId": "part_a", "turnId": "turn_1", "type": "text", "text": "one two 3", "delta": "3"},
+            {**head, "text": "one two 3", "delta": "4"},  # the text does not end with the delta
+            {**head, "text": "x", "delta": "x", "index": 1},  # a key after text and delta
+            {**head, "index": 1, "text": "one two 3 4", "delta": " 4"},
+            {**head, "index": True, "text": "one two 3 4 5", "delta": " 5"},  # == 1, but other JSON
+            {**head, "index": 1.0, "text": "one two 3 4 5 6", "delta": " 6"},
+            {**head, "index": -0.0, "text": "one two 3 4 5 6 7", "delta": " 7"},
+            {**head, "index": 0.0, "text": "one two 3 4 5 6 7 8", "delta": " 8"},
+            {**head, "index": [1], "text": "one two 3 4 5 6 7 8 9", "delta": " 9"},
+            {**head, "index": [True], "text": "one two 3 4 5 6 7 8 9 10", "delta": " 10"},
+            {"turnId": "turn_1", "text": "no part", "delta": " part"},
+            {"turnId": "turn_1", "partId": "part_a", "text": 7, "delta": 7},  # not strings
+            {"turnId": "turn_1", "partId": "part_a", "text": "one", "delta": None},
+            {"text": "only", "delta": "only"},
+            {"delta": "d", "text": "d"},  # text and delta the other way round
+            text_update("part_a", "one two 3 4 5 6 7 8 9 10 11", " 11"),
+        ]
+        for data in shapes:
+            await out.send(MESSAGE_PART_UPDATED, data, turn_id=None)
+        await out.send("other.type", text_update("part_a", "one two 3 4 5 6 7 8 9 10 11 12", " 12"))
+        replay = await bus.replay(session, 0)
+        assert as_published(replay.events) == as_published(out.published)
+
+    async def test_streamed_text_updates_replay_exactly_after_the_buffer_drops_some(
+        self, make_bus: BusFactory
+    ) -> None:
+        size = self.buffer_size
+        bus = make_bus(buffer_size=size)
+        session = new_session()
+        out = _Streamer(bus, session)
+        total = 3 * size + 7
+        i = 0
+        while len(out.published) < total:
+            await out.extend("part_long", f"{i} ")  # one part all along, its first updates dropped
+            if i % 10 == 0:
+                await out.send("turn.status", {"i": i})
+            if i % 4 == 0:
+                await out.extend(f"part_{i // 100}", f"<{i}>")  # parts that come and go
+            if i == size:
+                await out.replace("part_long", "again ", "again ")
+            i += 1
+        replay = await bus.replay(session, 0)
+        assert replay.gap is True and replay.oldest_seq is not None and replay.oldest_seq > 1
+        assert len(replay.events) < len(out.published)
+        kept = out.published[replay.oldest_seq - 1 :]
+        assert seqs(kept)[0] == replay.oldest_seq
+        assert as_published(replay.events) == as_published(kept)
+        assert replay.events[-1].data["text"] == out.texts[replay.events[-1].data["partId"]]
 
     # subscribing
 

@@ -5,24 +5,124 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from operator import eq, is_
 from typing import Any
 
-from chambers.core.events import Event, Replay
+from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 
 _CLOSED = object()
 
+_RECENT_PARTS = 4
+"""How many text parts per session may extend their shared text; one streams at a time in a turn."""
+
+
+class _Text:
+    """The latest full text of one streamed part, shared by its buffered updates; it only ever grows."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _PartUpdate:
+    """A buffered text part update: its data is `template` then `text` and `delta`, both cut from `holder`.
+
+    Every update of a streamed part carries the whole text so far; keeping those as published makes the
+    buffer quadratic in the answer. Here they share one string, so it stays linear.
+    """
+
+    __slots__ = ("end", "holder", "seq", "start", "template", "turn_id")
+
+    def __init__(
+        self, seq: int, turn_id: str | None, template: dict[str, Any], holder: _Text, start: int, end: int
+    ) -> None:
+        self.seq = seq
+        self.turn_id = turn_id
+        self.template = template
+        self.holder = holder
+        self.start = start
+        self.end = end
+
+    def event(self, session_id: str) -> Event:
+        text = self.holder.text
+        data = dict(self.template)
+        data["text"] = text[: self.end]
+        data["delta"] = text[self.start : self.end]
+        return Event(session_id, self.seq, MESSAGE_PART_UPDATED, data, self.turn_id)
+
+
+def _same_template(template: dict[str, Any], data: dict[str, Any]) -> bool:
+    """Whether `data` without its last two keys is `template`: same keys in the same order, and values that
+    encode the same (so `1` and `True`, or `0.0` and `-0.0`, differ; containers only when identical)."""
+    if len(template) != len(data) - 2 or not all(map(eq, template, data)):
+        return False
+    if all(map(is_, template.values(), data.values())):
+        return True  # the usual case: the producer sends the same id strings for every update
+    for value, data_value in zip(template.values(), data.values(), strict=False):
+        if value is not data_value:
+            kind = type(value)
+            if kind is not type(data_value) or (kind is not str and kind is not int) or value != data_value:
+                return False
+    return True
+
+
+def _fresh(kept: Event | _PartUpdate, session_id: str) -> Event:
+    if isinstance(kept, _PartUpdate):
+        return kept.event(session_id)
+    return Event(session_id, kept.seq, kept.type, kept.data, kept.turn_id)
+
 
 class _Log:
-    __slots__ = ("buffer", "seq", "subscribers")
+    __slots__ = ("buffer", "parts", "seq", "session_id", "subscribers")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, session_id: str, size: int) -> None:
+        self.session_id = session_id
         self.seq = 0
-        self.buffer: deque[Event] = deque(maxlen=size)
+        self.buffer: deque[Event | _PartUpdate] = deque(maxlen=size)
+        self.parts: dict[str, _PartUpdate] = {}
+        """The newest buffered update of the last few streamed parts, by partId (bounded, oldest first)."""
         self.subscribers: set[asyncio.Queue[Any]] = set()
+
+    def keep(self, seq: int, kind: str, data: dict[str, Any], turn_id: str | None) -> None:
+        """Buffer a published event, without the encodings live subscribers cache on it (`data` is shared)."""
+        if kind == MESSAGE_PART_UPDATED and len(data) >= 2:
+            keys = reversed(data)
+            if next(keys) == "delta" and next(keys) == "text":
+                text, delta, part_id = data["text"], data["delta"], data.get("partId")
+                if type(text) is str and type(delta) is str and type(part_id) is str and text.endswith(delta):
+                    self.buffer.append(self._part_update(seq, turn_id, data, part_id, text, len(delta)))
+                    return
+        self.buffer.append(Event(self.session_id, seq, kind, data, turn_id))
+
+    def _part_update(
+        self, seq: int, turn_id: str | None, data: dict[str, Any], part_id: str, text: str, size: int
+    ) -> _PartUpdate:
+        last = self.parts.get(part_id)
+        if last is not None and text.startswith(last.holder.text):
+            holder = last.holder
+            holder.text = text  # an extension: the offsets of the earlier updates still cut the same text
+        else:
+            holder = _Text(text)
+        if last is not None and _same_template(last.template, data):
+            template = last.template
+        else:
+            template = dict(data)
+            del template["text"], template["delta"]
+        end = len(text)
+        update = _PartUpdate(seq, turn_id, template, holder, end - size, end)
+        parts = self.parts
+        if part_id not in parts and len(parts) >= _RECENT_PARTS:
+            del parts[next(iter(parts))]  # the oldest part: its holder lives on only in its buffered updates
+        parts[part_id] = update
+        return update
 
     def replay(self, after: int) -> Replay:
         oldest = self.buffer[0].seq if self.buffer else None
-        events = [e for e in self.buffer if e.seq > after] if after < self.seq else []
+        # New objects every time, plain events too: the transport caches its encoding on what it is given,
+        # and that must not settle in the buffer.
+        session_id = self.session_id
+        events = [_fresh(e, session_id) for e in self.buffer if e.seq > after] if after < self.seq else []
         gap = after < self.seq and (oldest is None or after + 1 < oldest)
         return Replay(events=events, gap=gap, oldest_seq=oldest)
 
@@ -38,7 +138,7 @@ class MemoryEventBus:
     def _log(self, session_id: str) -> _Log:
         log = self._logs.get(session_id)
         if log is None:
-            log = self._logs[session_id] = _Log(self.buffer_size)
+            log = self._logs[session_id] = _Log(session_id, self.buffer_size)
         return log
 
     async def publish(
@@ -46,8 +146,8 @@ class MemoryEventBus:
     ) -> Event:
         log = self._log(session_id)
         log.seq += 1
-        event = Event(session_id=session_id, seq=log.seq, type=type, data=data, turn_id=turn_id)
-        log.buffer.append(event)
+        event = Event(session_id, log.seq, type, data, turn_id)
+        log.keep(log.seq, type, data, turn_id)
         for queue in tuple(log.subscribers):
             if queue.qsize() >= self.queue_limit:
                 log.subscribers.discard(queue)
