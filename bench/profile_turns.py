@@ -1,11 +1,18 @@
-"""Profile the per-turn hot path: `chambers serve` under cProfile, driven with streamed turns.
+"""Profile the per-turn hot path: `chambers serve` driven with streamed turns, sampled or traced.
 
-    python -m bench.profile_turns [--turns 500] [--concurrency 8] [--gap 0] [--out bench/results/turns.prof]
+    python -m bench.profile_turns [--sampler py-spy|cprofile] [--turns 500] [--concurrency 8]
+                                  [--tokens 200] [--ttft 0] [--gap 0]
 
 The fake upstream runs at zero latency by default (`--ttft 0 --gap 0`), so the profile shows the
-server's own cost. The server is stopped with SIGINT: uvicorn shuts down, re-raises SIGINT as
-KeyboardInterrupt and cProfile's `finally` writes the profile (SIGTERM would kill it unwritten).
-cProfile profiles the main thread only: SQLite work in aiosqlite's threads shows up as waiting.
+server's own cost; `--tokens 1` isolates the fixed cost of a turn from its per-token cost.
+
+- `py-spy` (the default): the server runs as usual and py-spy samples it from outside (250 Hz, raw
+  stacks in `bench/results/turns.pyspy`), so shares are not distorted by tracing. The report counts
+  the main thread's busy samples (the event loop waiting in `select` is idle) and also prints the
+  server's CPU time per turn, measured from `/proc` without the sampler.
+- `cprofile`: `python -m cProfile -m chambers serve`, stopped with SIGINT (uvicorn re-raises it and
+  cProfile's `finally` writes `bench/results/turns.prof`; SIGTERM would kill it unwritten). It traces
+  every call of the main thread, so it slows Python code several times: read shares, not times.
 """
 
 from __future__ import annotations
@@ -28,7 +35,15 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS, ROOT, FakeUpstreamProcess, child_environment, raise_fd_limit, server_env
+from bench.common import (
+    RESULTS,
+    ROOT,
+    FakeUpstreamProcess,
+    child_environment,
+    cpu_seconds,
+    raise_fd_limit,
+    server_env,
+)
 from bench.load import Clients, chambers_turn, create_sessions
 
 _KEY = re.compile(r"^\s*(chk_[A-Za-z0-9_\-]+)\s*$")
@@ -159,8 +174,111 @@ def report(path: Path, top: int) -> str:
     return buf.getvalue()
 
 
+def _frame(frame: str) -> tuple[str, str]:
+    """A py-spy frame `name (path:line)` -> (function without the line, where it lives)."""
+    name, _, place = frame.rpartition(" (")
+    path = place.rstrip(")").rsplit(":", 1)[0]
+    if path.startswith("chambers/"):
+        where = "chambers"
+    elif "/" in path:
+        where = path.split("/", 1)[0].removesuffix(".py")
+    else:
+        where = "stdlib " + path.removesuffix(".py")
+    return f"{name} ({path})", where
+
+
+def pyspy_report(raw: Path, top: int) -> str:
+    """Busy samples of the main thread from py-spy's raw stacks: by package, by own and inclusive time."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    busy = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if "chambers/__main__.py" not in stack:  # another thread (aiosqlite's, the sandbox's readers)
+            continue
+        frames = stack.split(";")
+        count = int(count_text)
+        if frames[-1].startswith("EpollSelector.select"):
+            idle += count
+            continue
+        busy += count
+        leaf, where = _frame(frames[-1])
+        own[leaf] = own.get(leaf, 0) + count
+        packages[where] = packages.get(where, 0) + count
+        for name in {_frame(f)[0] for f in frames}:
+            inclusive[name] = inclusive.get(name, 0) + count
+    total = busy or 1
+
+    def table(title: str, counts: dict[str, int], keep: Any = None) -> str:
+        rows = [(n, c) for n, c in sorted(counts.items(), key=lambda kv: -kv[1]) if keep is None or keep(n)]
+        return f"\n=== {title} ===\n" + "".join(f"{100 * c / total:6.1f}%  {n}\n" for n, c in rows[:top])
+
+    head = f"main thread: {busy} busy samples, {idle} idle (waiting in select)\n"
+    return (
+        head
+        + table("own time by package", packages)
+        + table("own time by function", own)
+        + table("chambers, inclusive", inclusive, lambda n: "(chambers/" in n and "__main__" not in n)
+        + table("everything, inclusive", inclusive)
+    )
+
+
+def profile_with_pyspy(args: argparse.Namespace, upstream_url: str) -> tuple[str, str]:
+    """Run the server as usual, sample it with py-spy while the turns run; (summary line, report)."""
+    from tests.support.server import ServerProcess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    raw = args.out.with_suffix(".pyspy")
+    raw.unlink(missing_ok=True)
+    server = ServerProcess(Path(tempfile.mkdtemp(prefix="chambers-profile-")), server_env(upstream_url))
+    server.start()
+    try:
+        assert server.admin_key is not None and server.proc is not None
+        asyncio.run(drive(server.url, server.admin_key, 40, args.concurrency))  # imports, caches, pools
+        pid = server.proc.pid
+        sampler = subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "--nonblocking", "-o", str(raw)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # py-spy attaches before the first turn
+        cpu0 = cpu_seconds(pid)
+        ok, elapsed = asyncio.run(drive(server.url, server.admin_key, args.turns, args.concurrency))
+        cpu = cpu_seconds(pid) - cpu0
+        sampler.send_signal(signal.SIGINT)
+        _, err = sampler.communicate(timeout=60)
+    finally:
+        server.stop()
+    if not raw.exists():
+        sys.exit(f"py-spy wrote nothing to {raw} (it needs ptrace permission):\n{err}")
+    summary = (
+        f"{ok}/{args.turns} turns in {elapsed:.1f} s ({ok / elapsed:.1f} turns/s), server CPU "
+        f"{1000 * cpu / max(ok, 1):.1f} ms per turn ({cpu / elapsed:.2f} cores; includes the time of "
+        f"creating the sessions), {args.tokens} deltas per turn, {args.concurrency} at a time"
+    )
+    return summary, pyspy_report(raw, args.top)
+
+
+def profile_with_cprofile(args: argparse.Namespace, upstream_url: str) -> tuple[str, str]:
+    """Run the server under cProfile; (summary line, report)."""
+    args.out.unlink(missing_ok=True)
+    server = ProfiledServer(args.out.resolve(), server_env(upstream_url)).start()
+    try:
+        assert server.admin_key is not None
+        ok, elapsed = asyncio.run(drive(server.url, server.admin_key, args.turns, args.concurrency))
+    finally:
+        server.stop()
+    if not args.out.exists():
+        sys.exit(f"no profile written to {args.out}; server output:\n" + "".join(server.output[-40:]))
+    summary = f"{ok}/{args.turns} turns in {elapsed:.1f} s under the profiler ({ok / elapsed:.1f} turns/s)"
+    return summary, report(args.out, args.top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_turns", description=__doc__)
+    parser.add_argument("--sampler", choices=["py-spy", "cprofile"], default="py-spy")
     parser.add_argument("--turns", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=200)
@@ -172,21 +290,14 @@ def main() -> None:
     raise_fd_limit()
     child_environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.unlink(missing_ok=True)
+    profile = profile_with_pyspy if args.sampler == "py-spy" else profile_with_cprofile
     with FakeUpstreamProcess(tokens=args.tokens, ttft=args.ttft, gap=args.gap) as upstream:
-        server = ProfiledServer(args.out.resolve(), server_env(upstream.url)).start()
-        try:
-            assert server.admin_key is not None
-            ok, elapsed = asyncio.run(drive(server.url, server.admin_key, args.turns, args.concurrency))
-        finally:
-            server.stop()
-    print(f"{ok}/{args.turns} turns in {elapsed:.1f} s under the profiler ({ok / elapsed:.1f} turns/s)")
-    if not args.out.exists():
-        sys.exit(f"no profile written to {args.out}; server output:\n" + "".join(server.output[-40:]))
-    text = report(args.out, args.top)
-    (args.out.with_suffix(".txt")).write_text(text)
+        summary, text = profile(args, upstream.url)
+    text = f"{summary}\n{text}"
+    out_text = args.out.with_name(f"turns-{args.sampler}-{args.tokens}.txt")
+    out_text.write_text(text)
     print(text)
-    print(f"profile: {args.out} (text: {args.out.with_suffix('.txt')}); view with python -m pstats")
+    print(f"report: {out_text}")
 
 
 if __name__ == "__main__":
