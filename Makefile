@@ -44,5 +44,5 @@ clean:
 bench: $(VENV)/.synced  ## Full benchmarks (10-15 min): bench/results/, docs/benchmarks.md.
 	$(VENV)/bin/python -m bench.run full
 
-bench-quick: $(VENV)/.synced  ## Short benchmarks (~2-2.5 min, CI-like): bench/results/, docs/benchmarks/quick.md.
+bench-quick: $(VENV)/.synced  ## Short benchmarks (about a minute, CI-like): bench/results/, docs/benchmarks/quick.md.
 	$(VENV)/bin/python -m bench.run quick

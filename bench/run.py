@@ -50,15 +50,15 @@ REPLICAS: dict[str, Any] = {
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
-        "upstream": {"tokens": 100, "ttft": 0.15, "gap": 0.02},  # shorter turns (~2.1 s)
+        "upstream": {"tokens": 50, "ttft": 0.15, "gap": 0.02},  # shorter turns (~1.2 s)
         "fresh_server_per_scenario": False,
         "pause_s": 0.5,
-        "turn_overhead": {"rates": [4], "target_rate": 20, "duration_s": 3, "reps": 2, "warmup_turns": 8},
-        "capacity": {"levels": [5, 20], "reps": 1, "idle_sessions": 200, "memory_streams": 40},
+        "turn_overhead": {"rates": [4], "target_rate": 20, "duration_s": 3, "reps": 1, "warmup_turns": 8},
+        "capacity": {"levels": [5, 20], "reps": 1, "idle_sessions": 100, "memory_streams": 40},
         "fanout": {"subscribers": [10, 100], "reps": 1},
-        "rates": {"workers": 16, "duration_s": 2.5, "reps": 1, "turn_sessions": 120},
+        "rates": {"workers": 16, "duration_s": 1.5, "reps": 1, "turn_sessions": 80},
         "sandbox": {"starts": 10, "round_trips": 200, "snapshot_reps": {"1": 5, "100": 1}, "resumes": 4},
-        "replicas": {**REPLICAS, "sessions": 8, "turns": 10, "reps": 1},
+        "replicas": {**REPLICAS, "sessions": 8, "turns": 5, "reps": 1},
     },
     "full": {
         "upstream": STREAMING,
@@ -295,7 +295,7 @@ def save(doc: dict[str, Any]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("kind", choices=sorted(PRESETS), help="quick (about 2 minutes) or full")
+    parser.add_argument("kind", choices=sorted(PRESETS), help="quick (about a minute) or full")
     parser.add_argument(
         "--only",
         help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
