@@ -86,8 +86,11 @@ def _session(row: RowMapping) -> ChatSession:
 
 
 class SqlControllerStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.reader = reader or engine
+        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
+        single writer connection (see `SqlStore.open`)."""
         self.dialect = engine.dialect.name
 
     # agents
@@ -157,7 +160,7 @@ class SqlControllerStore:
         return done.rowcount > 0
 
     async def sealed_key(self, agent_id: str) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             value = (await conn.execute(select(agents.c.private_key).where(agents.c.id == agent_id))).scalar()
         return None if value is None else str(value)
 
@@ -176,7 +179,7 @@ class SqlControllerStore:
         return await self._one(select(users).where(users.c.id == user_id), _user)
 
     async def user_by_email(self, email: str) -> tuple[User, str] | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(select(users).where(users.c.email == email))).mappings().first()
         return None if row is None else (_user(row), str(row["password_hash"]))
 
@@ -220,7 +223,7 @@ class SqlControllerStore:
             .join(users, users.c.id == user_logins.c.user_id)
             .where(user_logins.c.token_hash == token_hash)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -320,7 +323,7 @@ class SqlControllerStore:
             audit_entries.c.kind == "turn",
             audit_entries.c.created_at >= since,
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
     # session log
@@ -374,7 +377,7 @@ class SqlControllerStore:
         query = select(audit_chains).order_by(audit_chains.c.id)
         if org_id is not None:
             query = query.where(audit_chains.c.org_id == org_id)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [ChainHead(r["id"], r["org_id"], int(r["seq"]), str(r["head_hash"])) for r in rows]
 
@@ -421,7 +424,7 @@ class SqlControllerStore:
             .join(chat_sessions, chat_sessions.c.active_turn_id == turns.c.id)
             .where(chat_sessions.c.id == session_id, turns.c.status == "waiting_for_input")
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             pending = (await conn.execute(query)).scalar()
         if not pending:
             return None
@@ -461,11 +464,11 @@ class SqlControllerStore:
                 )
 
     async def _one(self, query: Any, convert: Callable[[RowMapping], T]) -> T | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else convert(row)
 
     async def _all(self, query: Any, convert: Callable[[RowMapping], T]) -> list[T]:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [convert(r) for r in rows]

@@ -53,8 +53,11 @@ def _values(run: Run) -> dict[str, Any]:
 
 
 class SqlRunStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.reader = reader or engine
+        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
+        single writer connection (see `SqlStore.open`)."""
         self.dialect = engine.dialect.name
 
     async def create_run(self, run: Run, notices: Sequence[Notice]) -> tuple[Run, bool]:
@@ -87,7 +90,7 @@ class SqlRunStore:
         if cursor is not None:
             query = query.where(runs.c.id < cursor)
         query = query.order_by(runs.c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         items = [_run(r) for r in rows[:limit]]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
@@ -183,7 +186,7 @@ class SqlRunStore:
             )
             .order_by(runs.c.id)
         )
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_run(r) for r in rows]
 
@@ -205,6 +208,6 @@ class SqlRunStore:
         return _run(row)
 
     async def _one(self, query: Select[Any]) -> Run | None:
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _run(row)

@@ -57,8 +57,11 @@ _PUBLIC_COLUMNS = [c for c in _subs.c if c.name != "secret"]
 class WebhookStore:
     """Queries of the webhooks feature. Every method is one transaction."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.reader = reader or engine
+        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
+        single writer connection (see `SqlStore.open`)."""
         self.dialect = engine.dialect.name
 
     # subscriptions
@@ -82,7 +85,7 @@ class WebhookStore:
 
     async def get(self, org_id: str, subscription_id: str) -> Subscription | None:
         query = select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else _subscription(row)
 
@@ -91,7 +94,7 @@ class WebhookStore:
         if cursor is not None:
             query = query.where(_subs.c.id < cursor)
         query = query.order_by(_subs.c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         items = [_subscription(r) for r in rows[:limit]]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
@@ -196,7 +199,7 @@ class WebhookStore:
         if cursor is not None:
             query = query.where(_att.c.id < cursor)
         query = query.order_by(_att.c.id.desc()).limit(limit + 1)
-        async with self.engine.connect() as conn:
+        async with self.reader.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         items = [
             Attempt(

@@ -28,9 +28,9 @@ class Webhooks:
         await self.deliverer.close()
 
 
-def build_webhooks(settings: Settings, engine: AsyncEngine) -> Webhooks:
-    """The webhooks feature on the store's engine (the deliverer starts with `start()`)."""
-    store = WebhookStore(engine)
+def build_webhooks(settings: Settings, engine: AsyncEngine, reader: AsyncEngine | None = None) -> Webhooks:
+    """The webhooks feature on the store's engines (the deliverer starts with `start()`)."""
+    store = WebhookStore(engine, reader)
     configured = settings.secret_key.get_secret_value() if settings.secret_key is not None else None
     if not configured and not settings.resolved_database_url.startswith("sqlite"):
         log.warning(
