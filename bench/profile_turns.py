@@ -8,8 +8,8 @@ server's own cost; `--tokens 1` isolates the fixed cost of a turn from its per-t
 
 - `py-spy` (the default): the server runs as usual and py-spy samples it from outside (250 Hz, raw
   stacks in `bench/results/turns.pyspy`), so shares are not distorted by tracing. The report counts
-  the main thread's busy samples (the event loop waiting in `select` is idle) and also prints the
-  server's CPU time per turn, measured from `/proc` without the sampler.
+  the main thread's busy samples in Python code (the event loop in `select`, or in uvloop's C code, is not
+  counted) and also prints the server's CPU time per turn, measured from `/proc` without the sampler.
 - `cprofile`: `python -m cProfile -m chambers serve`, stopped with SIGINT (uvicorn re-raises it and
   cProfile's `finally` writes `bench/results/turns.prof`; SIGTERM would kill it unwritten). It traces
   every call of the main thread, so it slows Python code several times: read shares, not times.
@@ -199,7 +199,9 @@ def pyspy_report(raw: Path, top: int) -> str:
             continue
         frames = stack.split(";")
         count = int(count_text)
-        if frames[-1].startswith("EpollSelector.select"):
+        # Under uvloop the loop's own code is C, invisible to py-spy without --native: a stack that ends
+        # in `Runner.run` is uvloop waiting in epoll or running its machinery. Both count as not busy.
+        if frames[-1].startswith(("EpollSelector.select", "Runner.run (")):
             idle += count
             continue
         busy += count
@@ -214,7 +216,7 @@ def pyspy_report(raw: Path, top: int) -> str:
         rows = [(n, c) for n, c in sorted(counts.items(), key=lambda kv: -kv[1]) if keep is None or keep(n)]
         return f"\n=== {title} ===\n" + "".join(f"{100 * c / total:6.1f}%  {n}\n" for n, c in rows[:top])
 
-    head = f"main thread: {busy} busy samples, {idle} idle (waiting in select)\n"
+    head = f"main thread: {busy} busy samples in Python code, {idle} in the loop (epoll or uvloop's C)\n"
     return (
         head
         + table("own time by package", packages)

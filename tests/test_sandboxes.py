@@ -8,9 +8,11 @@ from typing import Any
 import httpx
 
 from tests.conftest import auth
-from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
+from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
-from tests.support.sse import read_until, respond_turn
+from tests.support.services import db_execute
+from tests.support.sse import events, read_until, respond_turn
+from tests.support.waiting import eventually
 
 FAST_IDLE = {"CHAMBERS_IDLE_TIMEOUT_MIN_MS": "100", "CHAMBERS_REAPER_INTERVAL_S": "0.2"}
 
@@ -176,3 +178,42 @@ def test_without_bubblewrap_the_server_says_so_and_refuses_tools(
         tool = next(p for p in answer["parts"] if p["type"] == "tool")
         assert tool["status"] == "error" and "bubblewrap" in tool["output"]
         assert answer["parts"][-1]["text"] == "no tools today"
+
+
+def test_the_sandbox_lease_is_taken_once_the_answer_starts_and_before_any_tool(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    """An active session's lease is written after the model's first event, not before its request (the
+    write would delay the first token); a turn that starts with a tool call waits for it."""
+    proc: ServerProcess = make_server(CHAMBERS_REPLICA_ID="replica-a")
+
+    def owner(chat_id: str) -> str | None:
+        rows = db_execute(proc.env, proc.data_dir, "SELECT owner FROM chat_sessions WHERE id = ?", chat_id)
+        found: str | None = rows[0][0]
+        return found
+
+    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=60) as client:
+        chat_id = client.post("/agent/v1/chat", json={}).json()["id"]
+        assert owner(chat_id) is None
+        upstream.script(Reply([Gate("asked"), Text("first words"), Gate("hold"), Text(", the rest")]))
+        body = {"parts": [{"type": "text", "text": "talk"}]}
+        with client.stream("POST", f"/agent/v1/chat/{chat_id}/respond", json=body) as response:
+            upstream.wait_for_gate("asked")  # the model has the request; the lease is not written yet
+            assert owner(chat_id) is None
+            upstream.release("asked")
+            stream = events(response)
+            next(e for e in stream if e.event == "message.part.updated")
+            # Held mid-answer: the lease is this replica's before the turn ends.
+            eventually(lambda: owner(chat_id) == "replica-a", what="the lease taken mid-turn")
+            upstream.release("hold")
+            rest = read_until(response, lambda e: e.event == "turn.completed")
+            assert rest[-1].data["status"] == "completed"
+
+        other = client.post("/agent/v1/chat", json={}).json()["id"]
+        upstream.script(
+            Reply([ToolCall("shell", {"command": "echo from-the-sandbox > f.txt && cat f.txt"})]),
+            Reply([Text("done")]),
+        )
+        tool = next(p for p in say(client, other, "run it")["parts"] if p["type"] == "tool")
+        assert tool["status"] == "completed" and "from-the-sandbox" in str(tool)
+        assert owner(other) == "replica-a"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,9 @@ from chambers.core.loop import (
     LoopRun,
     TextDelta,
     TextStarted,
+    ToolExecutor,
     ToolFinished,
+    ToolOutcome,
     ToolStarted,
     TurnRequest,
 )
@@ -79,6 +82,37 @@ class _Active:
     run: LoopRun | None = None
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
+
+
+class _LateLease:
+    """The sandbox lease of a session with nothing to restore, taken once the model's request is out (at
+    the run's first event) or when a tool needs it, whichever comes first. Taken up front, its write
+    transaction would share the one event loop with the request's setup and delay the first token."""
+
+    def __init__(self, acquire: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._acquire = acquire
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.create_task(self._acquire())
+        return self._task
+
+    async def settle(self) -> BaseException | None:
+        """Wait for the lease (starting it if need be); the error that stopped it, if any."""
+        task = self.start()
+        await asyncio.wait([task])
+        return None if task.cancelled() else task.exception()
+
+    def guard(self, execute: ToolExecutor) -> ToolExecutor:
+        """`execute`, run only once the sandbox is this replica's."""
+
+        async def run(name: str, args: dict[str, Any]) -> ToolOutcome:
+            if await self.settle() is not None:
+                return ToolOutcome(ok=False, output="the sandbox is not available")
+            return await execute(name, args)
+
+        return run
 
 
 class TurnRunner:
@@ -281,9 +315,13 @@ class TurnRunner:
         builder = _MessageBuilder(self, session.id, turn.id, active.ticket.message_id)
         tool_usage: list[UsageEntry] = []
         result: LoopResult | None = None
+        lease: _LateLease | None = None
         try:
             if self.lifecycle is not None:
-                await self.lifecycle.acquire(session.id, turn.id)
+                if session.status == "active" and session.owner in (None, self.replica):
+                    lease = _LateLease(functools.partial(self.lifecycle.acquire, session.id, turn.id))
+                else:  # asleep, or moving here from another replica: its files come back first
+                    await self.lifecycle.acquire(session.id, turn.id)
             if resume is None:
                 await builder.emit(ev.TURN_STATUS, {"turnId": turn.id, "status": "running"})
                 await builder.emit(
@@ -298,6 +336,8 @@ class TurnRunner:
             else:
                 await builder.emit(ev.TURN_STATUS, {"turnId": turn.id, "status": "running"})
             request = await self._request(session, turn, resume)
+            if lease is not None and request.execute_tool is not None:
+                request.execute_tool = lease.guard(request.execute_tool)
             run = self.loop.start(request)
             active.run = run
             if active.cancelled:
@@ -315,6 +355,8 @@ class TurnRunner:
                     tool_usage.append(tool_entry(turn, item.name, item.ok, cost, utcnow()))
                 elif isinstance(item, LoopResult):
                     result = item
+                if lease is not None:
+                    lease.start()
         except asyncio.CancelledError:
             result = LoopResult(status="cancelled", messages=[])
         except Exception as exc:
@@ -322,6 +364,12 @@ class TurnRunner:
             result = LoopResult(
                 status="failed", messages=[], error={"code": "INTERNAL", "message": type(exc).__name__}
             )
+        if lease is not None:
+            failure = await lease.settle()  # before the turn is recorded, never racing it
+            if failure is not None:
+                log.error("turn %s could not take its session's sandbox", turn.id, exc_info=failure)
+                error = {"code": "INTERNAL", "message": type(failure).__name__}
+                result = LoopResult(status="failed", messages=[], error=error)
         if result is None:
             result = LoopResult(status="cancelled" if active.cancelled else "failed", messages=[])
         if active.cancelled and result.status == "failed":
