@@ -27,6 +27,7 @@ def test_health_and_readiness_need_no_key(server: ServerProcess) -> None:
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"]["store"]["ok"] is True
+    assert ready.json()["checks"]["load"]["ok"] is True  # the event loop keeps time (tests/test_overload.py)
 
 
 def test_openapi_and_docs_are_served(server: ServerProcess) -> None:

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         default=15.0, ge=0, description="Text deltas after the first are coalesced within this window."
     )
     turn_retry_after_s: int = Field(default=2, ge=1, description="Retry-After sent with 409 TURN_CONFLICT.")
+    max_running_turns: int = Field(
+        default=0, ge=0, description="New turns past this many running here get 503 OVERLOADED (0: no cap)."
+    )
+    overload_lag_ms: float = Field(
+        default=1000.0,
+        ge=0,
+        description="New turns get 503 OVERLOADED while the event loop runs this late for 0.5 s (0: off).",
+    )
+    overload_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 OVERLOADED.")
     runtime_hourly_rate_usd: float = Field(default=0.20, ge=0)
     max_model_requests_per_turn: int = Field(default=50, ge=1)
 

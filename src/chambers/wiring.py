@@ -14,6 +14,7 @@ from chambers.core.clock import utcnow
 from chambers.core.controller import Controller
 from chambers.core.keys import KeyService
 from chambers.core.lifecycle import SessionLifecycle
+from chambers.core.overload import LoadGuard
 from chambers.core.ports import EventBus, ReplicaChannel, Store
 from chambers.core.reaper import Reaper
 from chambers.core.runs import RunRules, RunService, RunWorkerPool  # runs
@@ -64,6 +65,9 @@ class Services:
                 checks["bus"] = {"ok": True}
             except Exception as exc:
                 checks["bus"] = {"ok": False, "error": type(exc).__name__}
+        guard = self.runner.guard
+        if guard is not None:  # gating: while new turns are refused, a load balancer should go elsewhere
+            checks["load"] = {"ok": not guard.lagging, "lagMs": round(guard.lag_s * 1000, 1)}
         # Informative, not gating: without bubblewrap the server still chats, it only refuses tools.
         checks["sandbox"] = {**self.sandboxes.readiness(), "required": False}
         return checks
@@ -82,6 +86,8 @@ class Services:
             asyncio.create_task(self.runner.serve_control(), name="control channel"),
             asyncio.create_task(self.runner.keep_leases(), name="leases"),
         ]
+        if self.runner.guard is not None:
+            self._background.append(asyncio.create_task(self.runner.guard.watch(), name="load guard"))
         if self.run_pool is not None:  # runs: after turns are recovered, so it sees how they ended
             await self.run_pool.start()
         if self.webhooks is not None:
@@ -202,6 +208,11 @@ async def build_services(settings: Settings) -> Services:
         gate=controller.gate,
         replica=replica,
         channel=channel,
+        guard=LoadGuard(
+            max_running=settings.max_running_turns,
+            max_lag_s=settings.overload_lag_ms / 1000,
+            retry_after_s=settings.overload_retry_after_s,
+        ),
     )
     rules = SessionRules(
         default_model=settings.default_model,

@@ -54,7 +54,7 @@ def status_of(exc: core.ChambersError) -> int:
 def headers_of(exc: core.ChambersError) -> dict[str, str]:
     if isinstance(exc, core.TurnConflict):
         return {"Retry-After": str(exc.retry_after_s), "X-Active-Turn-Id": exc.active_turn_id}
-    if isinstance(exc, core.RateLimited):
+    if isinstance(exc, core.RateLimited | core.Overloaded):
         return {"Retry-After": str(exc.retry_after_s)}
     return {}
 

@@ -66,3 +66,13 @@ class PayloadTooLarge(ChambersError):
 
 class Unavailable(ChambersError):
     code = "UNAVAILABLE"
+
+
+class Overloaded(Unavailable):
+    """This process refuses new turns for now (too many running, or its event loop runs late)."""
+
+    code = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

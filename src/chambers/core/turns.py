@@ -37,6 +37,7 @@ from chambers.core.loop import (
     TurnRequest,
 )
 from chambers.core.models import ChatSession, Message, Principal, Turn, TurnOutcome, TurnStatus, UsageEntry
+from chambers.core.overload import LoadGuard
 from chambers.core.ports import EventBus, ReplicaChannel, SandboxHost, Store
 from chambers.core.usage import llm_entry, session_usage_event, tool_entry, turn_usage
 
@@ -129,6 +130,7 @@ class TurnRunner:
         lifecycle: SessionLifecycle | None = None,
         replica: str = "local",
         channel: ReplicaChannel | None = None,
+        guard: LoadGuard | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -139,6 +141,7 @@ class TurnRunner:
         self.lifecycle = lifecycle
         self.replica = replica
         self.channel = channel  # None: a single replica, nothing is ever handed over
+        self.guard = guard  # None: new turns are never refused for load
         self._active: dict[str, _Active] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._parked: dict[str, TurnTicket] = {}
@@ -161,6 +164,9 @@ class TurnRunner:
                 return replay
         if session.status == "ended":
             raise SessionEnded("This chat session has ended; create a new session to continue")
+        owner = self.placement(session)
+        if self.guard is not None and owner == self.replica:  # before anything is stored
+            self.guard.check(len(self._active))
         admission = await self.gate.admit(principal, session, text)
         now = utcnow()
         user_message = Message(
@@ -179,7 +185,7 @@ class TurnRunner:
             model=session.model,
             started_at=now,
             idempotency_key=idempotency_key,
-            owner=self.placement(session),
+            owner=owner,
             lease_until=now + timedelta(seconds=self.policy.lease_s),
         )
         user_message.turn_id = turn.id
