@@ -4,17 +4,21 @@ stores nothing of them, and keeps serving the turns it has."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
 
+from chambers.client import Client, MessagePartUpdated
+from chambers.client import Overloaded as SdkOverloaded
 from chambers.core.errors import Overloaded
 from chambers.core.overload import LoadGuard
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text
 from tests.support.sse import events, read_until
+from tests.support.waiting import eventually
 
 
 def test_a_turn_past_the_running_cap_is_refused_and_nothing_of_it_is_stored(
@@ -44,6 +48,28 @@ def test_a_turn_past_the_running_cap_is_refused_and_nothing_of_it_is_stored(
         accepted = client.post(f"/agent/v1/chat/{other}/message", json=body)
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["parts"][0]["text"] == "your turn"
+
+
+def test_the_sdk_waits_out_an_overloaded_server(make_server: Any, upstream: FakeUpstream) -> None:
+    proc = make_server(CHAMBERS_MAX_RUNNING_TURNS="1", CHAMBERS_OVERLOAD_RETRY_AFTER_S="1")
+    upstream.script(Reply([Text("busy"), Gate("hold"), Text(" done")]), Reply([Text("taken at last")]))
+    with Client(proc.url, proc.admin_key) as sdk:
+        busy, other = sdk.chats.create(), sdk.chats.create()
+        with busy.respond("long") as stream:
+            next(e for e in stream if isinstance(e, MessagePartUpdated))
+            with pytest.raises(SdkOverloaded) as refused:
+                other.send("now", conflict_wait=0)
+            assert (refused.value.status_code, refused.value.retry_after) == (503, 1)
+
+            out: dict[str, Any] = {}
+            sender = threading.Thread(target=lambda: out.update(answer=other.send("patient")))
+            sender.start()
+            # Refused at least once more (its wait has begun), then room is made.
+            eventually(lambda: "".join(proc.output).count(f"/agent/v1/chat/{other.id}/message 503") >= 2)
+            upstream.release("hold")
+            stream.until_turn_completed()
+        sender.join(30)
+    assert out["answer"].text == "taken at last"
 
 
 def test_one_late_tick_is_not_overload_but_a_late_stretch_is() -> None:

@@ -26,6 +26,7 @@ from chambers.client import _base as b
 from chambers.client.errors import (
     APIConnectionError,
     ChambersError,
+    Overloaded,
     ServerError,
     TurnConflict,
     connection_error,
@@ -328,7 +329,7 @@ class AsyncChat:
         conflict_wait: float | None = None,
         on_conflict: Callable[[TurnConflict], None] | None = None,
     ) -> wire.MessageResponse:
-        """`Chat.send`, awaited: waits out `TURN_CONFLICT`, retries connection errors with one key."""
+        """`Chat.send`, awaited: waits out `TURN_CONFLICT` and `OVERLOADED`, retries connection errors."""
         options = self._client.options
         key = idempotency_key or b.new_idempotency_key()
         budget = options.conflict_wait if conflict_wait is None else conflict_wait
@@ -337,11 +338,11 @@ class AsyncChat:
         while True:
             try:
                 return await self.message(text, idempotency_key=key)
-            except TurnConflict as exc:
+            except (TurnConflict, Overloaded) as exc:
                 wait = min(max(exc.retry_after if exc.retry_after is not None else 2.0, 0.05), 30.0)
                 if time.monotonic() + wait > deadline:
                     raise
-                if on_conflict is not None:
+                if on_conflict is not None and isinstance(exc, TurnConflict):
                     on_conflict(exc)
                 await asyncio.sleep(wait)  # what the server asked for (Retry-After)
             except APIConnectionError:

@@ -17,6 +17,7 @@ from chambers.client import _base as b
 from chambers.client.errors import (
     APIConnectionError,
     ChambersError,
+    Overloaded,
     ServerError,
     TurnConflict,
     connection_error,
@@ -364,9 +365,9 @@ class Chat:
     ) -> wire.MessageResponse:
         """Send a message and wait for the answer, the robust way.
 
-        - On `409 TURN_CONFLICT` it waits `Retry-After` seconds and tries again, for at most
-          `conflict_wait` seconds in all (default `Options.conflict_wait`), then raises `TurnConflict`.
-          `on_conflict` is called before each wait.
+        - On `409 TURN_CONFLICT` or `503 OVERLOADED` it waits `Retry-After` seconds and tries again,
+          for at most `conflict_wait` seconds in all (default `Options.conflict_wait`), then raises the
+          error. `on_conflict` is called before each wait for a `TurnConflict`.
         - After a connection error it retries with the same `Idempotency-Key` (one is made per call
           when none is given), so a turn is never run twice: the server answers the first result.
 
@@ -380,11 +381,11 @@ class Chat:
         while True:
             try:
                 return self.message(text, idempotency_key=key)
-            except TurnConflict as exc:
+            except (TurnConflict, Overloaded) as exc:
                 wait = min(max(exc.retry_after if exc.retry_after is not None else 2.0, 0.05), 30.0)
                 if time.monotonic() + wait > deadline:
                     raise
-                if on_conflict is not None:
+                if on_conflict is not None and isinstance(exc, TurnConflict):
                     on_conflict(exc)
                 time.sleep(wait)  # what the server asked for (Retry-After)
             except APIConnectionError:

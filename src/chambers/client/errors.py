@@ -128,6 +128,14 @@ class ProviderError(ServerError):
     """502 `PROVIDER_ERROR`: the model provider refused or failed the request."""
 
 
+class Overloaded(ServerError):
+    """503 `OVERLOADED`: the server sheds load and stored nothing; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after: float | None = _seconds(self.headers.get("retry-after"))
+
+
 _BY_CODE: dict[str, type[ChambersError]] = {
     "INVALID_REQUEST": BadRequest,
     "MODEL_NOT_CONFIGURED": ModelNotConfigured,
@@ -143,6 +151,7 @@ _BY_CODE: dict[str, type[ChambersError]] = {
     "TURN_LIMIT": TurnLimit,
     "RATE_LIMITED": RateLimited,
     "PROVIDER_ERROR": ProviderError,
+    "OVERLOADED": Overloaded,
 }
 _BY_STATUS: dict[int, type[ChambersError]] = {
     400: BadRequest,
