@@ -17,6 +17,7 @@ from chambers.core.errors import Overloaded
 from chambers.core.overload import LoadGuard
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text
+from tests.support.services import holding_writes
 from tests.support.sse import events, read_until
 from tests.support.waiting import eventually
 
@@ -48,6 +49,44 @@ def test_a_turn_past_the_running_cap_is_refused_and_nothing_of_it_is_stored(
         accepted = client.post(f"/agent/v1/chat/{other}/message", json=body)
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["parts"][0]["text"] == "your turn"
+
+
+def test_while_the_database_keeps_a_turn_waiting_new_turns_are_refused(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    proc = make_server(CHAMBERS_OVERLOAD_STORE_WAIT_MS="300")
+    body = {"parts": [{"type": "text", "text": "hello"}]}
+    headers = auth(proc.admin_key or "")
+
+    def load() -> dict[str, Any]:
+        check: dict[str, Any] = httpx.get(proc.url + "/readyz", timeout=10).json()["checks"]["load"]
+        return check
+
+    with httpx.Client(base_url=proc.url, headers=headers, timeout=60) as client:
+        stalled, other = (client.post("/agent/v1/chat", json={}).json()["id"] for _ in range(2))
+        upstream.script(Reply([Text("after the wait")]), Reply([Text("and the next")]))
+        out: dict[str, Any] = {}
+
+        def send_stalled() -> None:
+            with httpx.Client(base_url=proc.url, headers=headers, timeout=60) as own:
+                out["response"] = own.post(f"/agent/v1/chat/{stalled}/message", json=body)
+
+        with holding_writes(proc.env, proc.data_dir):
+            sender = threading.Thread(target=send_stalled)
+            sender.start()
+            # Its claim waits for the database; once past 300 ms the replica is not ready for more.
+            waiting = eventually(lambda: None if (c := load())["ok"] else c, what="the stalled claim")
+            assert waiting["storeWaitMs"] > 300
+            refused = client.post(f"/agent/v1/chat/{other}/message", json=body)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            assert refused.json()["error"]["code"] == "OVERLOADED"
+            assert "for the database" in refused.json()["error"]["message"]
+        sender.join(60)
+        assert out["response"].status_code == 200, out["response"].text
+        assert out["response"].json()["parts"][0]["text"] == "after the wait"
+        assert load()["ok"] is True and load()["storeWaitMs"] == 0
+        assert client.get(f"/agent/v1/chat/{other}/messages").json()["data"] == []
+        assert client.post(f"/agent/v1/chat/{other}/message", json=body).status_code == 200
 
 
 def test_the_sdk_waits_out_an_overloaded_server(make_server: Any, upstream: FakeUpstream) -> None:
@@ -90,6 +129,22 @@ def test_one_late_tick_is_not_overload_but_a_late_stretch_is() -> None:
     guard.observe(0.0)
     assert not guard.lagging
     guard.check(running=0)
+
+
+def test_a_claim_that_waits_past_the_limit_trips_the_guard_until_it_ends() -> None:
+    guard = LoadGuard(max_store_wait_s=0.05)
+    with guard.claiming():
+        guard.check(running=0)  # just begun
+        time.sleep(0.06)  # the database takes its time
+        assert guard.store_slow and guard.store_wait_s >= 0.05
+        with pytest.raises(Overloaded, match="for the database"):
+            guard.check(running=0)
+    assert not guard.store_slow and guard.store_wait_s == 0
+    guard.check(running=0)
+    off = LoadGuard(max_store_wait_s=0)
+    with off.claiming():
+        time.sleep(0.01)
+        assert not off.store_slow
 
 
 def test_the_running_cap_counts_only_when_set() -> None:

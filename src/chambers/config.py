@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         ge=0,
         description="New turns get 503 OVERLOADED while the event loop runs this late for 0.5 s (0: off).",
     )
+    overload_store_wait_ms: float = Field(
+        default=5000.0,
+        ge=0,
+        description="New turns get 503 OVERLOADED while one has waited this long for the database (0: off).",
+    )
     overload_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 OVERLOADED.")
     runtime_hourly_rate_usd: float = Field(default=0.20, ge=0)
     max_model_requests_per_turn: int = Field(default=50, ge=1)

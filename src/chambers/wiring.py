@@ -67,7 +67,11 @@ class Services:
                 checks["bus"] = {"ok": False, "error": type(exc).__name__}
         guard = self.runner.guard
         if guard is not None:  # gating: while new turns are refused, a load balancer should go elsewhere
-            checks["load"] = {"ok": not guard.lagging, "lagMs": round(guard.lag_s * 1000, 1)}
+            checks["load"] = {
+                "ok": not (guard.lagging or guard.store_slow),
+                "lagMs": round(guard.lag_s * 1000, 1),
+                "storeWaitMs": round(guard.store_wait_s * 1000, 1),
+            }
         # Informative, not gating: without bubblewrap the server still chats, it only refuses tools.
         checks["sandbox"] = {**self.sandboxes.readiness(), "required": False}
         return checks
@@ -211,6 +215,7 @@ async def build_services(settings: Settings) -> Services:
         guard=LoadGuard(
             max_running=settings.max_running_turns,
             max_lag_s=settings.overload_lag_ms / 1000,
+            max_store_wait_s=settings.overload_store_wait_ms / 1000,
             retry_after_s=settings.overload_retry_after_s,
         ),
     )

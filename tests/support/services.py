@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,6 +65,58 @@ def _with_database(url: str, name: str) -> str:
 
 def _asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1).replace("postgres://", "postgresql://", 1)
+
+
+@contextlib.contextmanager
+def holding_writes(env: Mapping[str, str], data_dir: Path) -> Iterator[None]:
+    """Hold a lock that keeps a server from claiming turns (a stalled database), until the block ends.
+
+    SQLite: a `BEGIN IMMEDIATE` transaction of our own (the server's writes wait in its busy handler).
+    PostgreSQL: `chat_sessions` locked against row updates (reads go on).
+    """
+    url = env.get("CHAMBERS_DATABASE_URL") or os.environ.get("CHAMBERS_DATABASE_URL")
+    if not url or url.startswith("sqlite"):
+        path = make_url(url).database if url else None
+        db = sqlite3.connect(path or data_dir / "chambers.db", isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        return
+    held, release = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    async def hold() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE chat_sessions IN SHARE ROW EXCLUSIVE MODE")
+                held.set()
+                await asyncio.to_thread(release.wait, 120)
+        finally:
+            await conn.close()
+
+    def target() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:
+            failed.append(exc)
+            held.set()
+
+    thread = threading.Thread(target=target, name="holding writes")
+    thread.start()
+    try:
+        assert held.wait(30), "could not take the lock"
+        if failed:
+            raise failed[0]
+        yield
+    finally:
+        release.set()
+        thread.join(30)
 
 
 # PostgreSQL

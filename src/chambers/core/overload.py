@@ -9,37 +9,63 @@ load balancer) to come back or go to another replica.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 from chambers.core.errors import Overloaded
 
 
 class LoadGuard:
-    """Two signals: the number of turns running here (a fixed cap), and an event loop that has run late
-    on every tick for a sustained stretch (the cap a machine's speed sets by itself). One late tick, such
-    as a slow start-up step or a garbage collection, never trips it."""
+    """Three signals: the number of turns running here (a fixed cap); an event loop that has run late on
+    every tick for a sustained stretch (one late tick, such as a slow start-up step or a garbage
+    collection, never trips it); and a store that keeps new turns waiting to be claimed (with SQLite's
+    one writer, the first thing to give under load: turns failed after 30 s waits before)."""
 
     def __init__(
         self,
         max_running: int = 0,
         max_lag_s: float = 1.0,
+        max_store_wait_s: float = 5.0,
         tick_s: float = 0.1,
         late_ticks: int = 5,
         retry_after_s: int = 5,
     ) -> None:
         self.max_running = max_running
         self.max_lag_s = max_lag_s
+        self.max_store_wait_s = max_store_wait_s
         self.tick_s = tick_s
         self.late_ticks = late_ticks
         self.retry_after_s = retry_after_s
         self.lag_s = 0.0
         """How late the loop's last tick ran, in seconds."""
         self._late_in_a_row = 0
+        self._claims: dict[object, float] = {}
 
     @property
     def lagging(self) -> bool:
         """Whether the loop has run late by more than `max_lag_s` on each of the last `late_ticks` ticks."""
         return self.max_lag_s > 0 and self._late_in_a_row >= self.late_ticks
+
+    @property
+    def store_wait_s(self) -> float:
+        """How long the oldest claim of a new turn has waited for the store so far."""
+        return time.monotonic() - min(self._claims.values()) if self._claims else 0.0
+
+    @property
+    def store_slow(self) -> bool:
+        """Whether a new turn has waited longer than `max_store_wait_s` for the store to claim it."""
+        return self.max_store_wait_s > 0 and self.store_wait_s > self.max_store_wait_s
+
+    @contextlib.contextmanager
+    def claiming(self) -> Iterator[None]:
+        """Around the store's claim of a new turn."""
+        token = object()
+        self._claims[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._claims[token]
 
     def check(self, running: int) -> None:
         """Raise Overloaded if a new turn should not start here, with `running` turns running now."""
@@ -51,6 +77,11 @@ class LoadGuard:
         if self.lagging:
             raise Overloaded(
                 f"Overloaded: this server's event loop runs {self.lag_s * 1000:.0f} ms late. Retry later",
+                self.retry_after_s,
+            )
+        if self.store_slow:
+            raise Overloaded(
+                f"Overloaded: new turns wait {self.store_wait_s:.1f} s for the database. Retry later",
                 self.retry_after_s,
             )
 

@@ -190,7 +190,8 @@ class TurnRunner:
         )
         user_message.turn_id = turn.id
         try:
-            await self.store.claim_turn(turn, user_message, [notices.turn_started(turn)])
+            with self.guard.claiming() if self.guard is not None else contextlib.nullcontext():
+                await self.store.claim_turn(turn, user_message, [notices.turn_started(turn)])
         except TurnConflict as conflict:
             await self.store.record_notices([notices.turn_conflict(session, conflict.active_turn_id)])
             raise TurnConflict(conflict.active_turn_id, self.policy.retry_after_s) from None
