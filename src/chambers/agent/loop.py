@@ -187,6 +187,7 @@ def _agent(request: TurnRequest, resolved: ResolvedModel) -> Agent[None, Any]:
         tools=tools,
         output_type=output_type,
         retries=2,
+        name="chambers",  # unnamed, pydantic-ai looks its name up in the caller's frame on every run
     )
 
 
