@@ -42,6 +42,9 @@ def test_a_turn_past_the_running_cap_is_refused_and_nothing_of_it_is_stored(
                 assert error["code"] == "OVERLOADED" and "CHAMBERS_MAX_RUNNING_TURNS" in error["message"]
             assert client.get(f"/agent/v1/chat/{other}/messages").json()["data"] == []
             assert client.get(f"/agent/v1/chat/{other}").json()["status"] == "active"
+            ready = httpx.get(proc.url + "/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert "CHAMBERS_MAX_RUNNING_TURNS" in ready.json()["checks"]["load"]["error"]
 
             upstream.release("hold")
             done = read_until(running, lambda e: e.event == "turn.completed")
@@ -49,6 +52,7 @@ def test_a_turn_past_the_running_cap_is_refused_and_nothing_of_it_is_stored(
         accepted = client.post(f"/agent/v1/chat/{other}/message", json=body)
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["parts"][0]["text"] == "your turn"
+        assert httpx.get(proc.url + "/readyz", timeout=10).json()["checks"]["load"]["ok"] is True
 
 
 def test_while_the_database_keeps_a_turn_waiting_new_turns_are_refused(

@@ -65,13 +65,14 @@ class Services:
                 checks["bus"] = {"ok": True}
             except Exception as exc:
                 checks["bus"] = {"ok": False, "error": type(exc).__name__}
-        guard = self.runner.guard
-        if guard is not None:  # gating: while new turns are refused, a load balancer should go elsewhere
-            checks["load"] = {
-                "ok": not (guard.lagging or guard.store_slow),
-                "lagMs": round(guard.lag_s * 1000, 1),
-                "storeWaitMs": round(guard.store_wait_s * 1000, 1),
-            }
+        # Gating: while new turns are refused here, a load balancer should send them elsewhere.
+        guard, refusal = self.runner.guard, self.runner.guard.refusal(self.runner.running)
+        checks["load"] = {
+            "ok": refusal is None,
+            "lagMs": round(guard.lag_s * 1000, 1),
+            "storeWaitMs": round(guard.store_wait_s * 1000, 1),
+            **({"error": refusal} if refusal else {}),
+        }
         # Informative, not gating: without bubblewrap the server still chats, it only refuses tools.
         checks["sandbox"] = {**self.sandboxes.readiness(), "required": False}
         return checks
@@ -90,8 +91,7 @@ class Services:
             asyncio.create_task(self.runner.serve_control(), name="control channel"),
             asyncio.create_task(self.runner.keep_leases(), name="leases"),
         ]
-        if self.runner.guard is not None:
-            self._background.append(asyncio.create_task(self.runner.guard.watch(), name="load guard"))
+        self._background.append(asyncio.create_task(self.runner.guard.watch(), name="load guard"))
         if self.run_pool is not None:  # runs: after turns are recovered, so it sees how they ended
             await self.run_pool.start()
         if self.webhooks is not None:

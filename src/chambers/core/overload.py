@@ -42,6 +42,11 @@ class LoadGuard:
         self._late_in_a_row = 0
         self._claims: dict[object, float] = {}
 
+    @classmethod
+    def never(cls) -> LoadGuard:
+        """A guard that refuses nothing (and watches nothing)."""
+        return cls(max_running=0, max_lag_s=0, max_store_wait_s=0)
+
     @property
     def lagging(self) -> bool:
         """Whether the loop has run late by more than `max_lag_s` on each of the last `late_ticks` ticks."""
@@ -67,23 +72,21 @@ class LoadGuard:
         finally:
             del self._claims[token]
 
+    def refusal(self, running: int) -> str | None:
+        """Why a new turn should not start here now, with `running` turns running (None: it may)."""
+        if self.max_running and running >= self.max_running:
+            return f"This server runs {running} turns, its limit (CHAMBERS_MAX_RUNNING_TURNS). Retry later"
+        if self.lagging:
+            return f"Overloaded: this server's event loop runs {self.lag_s * 1000:.0f} ms late. Retry later"
+        if self.store_slow:
+            return f"Overloaded: new turns wait {self.store_wait_s:.1f} s for the database. Retry later"
+        return None
+
     def check(self, running: int) -> None:
         """Raise Overloaded if a new turn should not start here, with `running` turns running now."""
-        if self.max_running and running >= self.max_running:
-            raise Overloaded(
-                f"This server runs {running} turns, its limit (CHAMBERS_MAX_RUNNING_TURNS). Retry later",
-                self.retry_after_s,
-            )
-        if self.lagging:
-            raise Overloaded(
-                f"Overloaded: this server's event loop runs {self.lag_s * 1000:.0f} ms late. Retry later",
-                self.retry_after_s,
-            )
-        if self.store_slow:
-            raise Overloaded(
-                f"Overloaded: new turns wait {self.store_wait_s:.1f} s for the database. Retry later",
-                self.retry_after_s,
-            )
+        reason = self.refusal(running)
+        if reason is not None:
+            raise Overloaded(reason, self.retry_after_s)
 
     def observe(self, lag_s: float) -> None:
         """Record one tick that ran `lag_s` seconds late."""

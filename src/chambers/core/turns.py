@@ -105,7 +105,7 @@ class _LateLease:
         await asyncio.wait([task])
         return None if task.cancelled() else task.exception()
 
-    def guard(self, execute: ToolExecutor) -> ToolExecutor:
+    def before(self, execute: ToolExecutor) -> ToolExecutor:
         """`execute`, run only once the sandbox is this replica's."""
 
         async def run(name: str, args: dict[str, Any]) -> ToolOutcome:
@@ -141,7 +141,7 @@ class TurnRunner:
         self.lifecycle = lifecycle
         self.replica = replica
         self.channel = channel  # None: a single replica, nothing is ever handed over
-        self.guard = guard  # None: new turns are never refused for load
+        self.guard = guard or LoadGuard.never()
         self._active: dict[str, _Active] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._parked: dict[str, TurnTicket] = {}
@@ -165,8 +165,8 @@ class TurnRunner:
         if session.status == "ended":
             raise SessionEnded("This chat session has ended; create a new session to continue")
         owner = self.placement(session)
-        if self.guard is not None and owner == self.replica:  # before anything is stored
-            self.guard.check(len(self._active))
+        if owner == self.replica:  # before anything is stored
+            self.guard.check(self.running)
         admission = await self.gate.admit(principal, session, text)
         now = utcnow()
         user_message = Message(
@@ -190,7 +190,7 @@ class TurnRunner:
         )
         user_message.turn_id = turn.id
         try:
-            with self.guard.claiming() if self.guard is not None else contextlib.nullcontext():
+            with self.guard.claiming():
                 await self.store.claim_turn(turn, user_message, [notices.turn_started(turn)])
         except TurnConflict as conflict:
             await self.store.record_notices([notices.turn_conflict(session, conflict.active_turn_id)])
@@ -344,7 +344,7 @@ class TurnRunner:
                 await builder.emit(ev.TURN_STATUS, {"turnId": turn.id, "status": "running"})
             request = await self._request(session, turn, resume)
             if lease is not None and request.execute_tool is not None:
-                request.execute_tool = lease.guard(request.execute_tool)
+                request.execute_tool = lease.before(request.execute_tool)
             run = self.loop.start(request)
             active.run = run
             if active.cancelled:
@@ -832,6 +832,11 @@ class TurnRunner:
         if closed:
             log.warning("closed %d turn(s) interrupted by a restart as failed", len(closed))
         return closed
+
+    @property
+    def running(self) -> int:
+        """Turns running in this process now."""
+        return len(self._active)
 
     def is_running(self, session_id: str) -> bool:
         return session_id in self._active
