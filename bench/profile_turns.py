@@ -195,7 +195,7 @@ def pyspy_report(raw: Path, top: int) -> str:
     busy = idle = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if "chambers/__main__.py" not in stack:  # another thread (aiosqlite's, the sandbox's readers)
+        if "chambers/__main__.py" not in stack:  # another thread (SQLite's, the sandbox's)
             continue
         frames = stack.split(";")
         count = int(count_text)

@@ -279,16 +279,16 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The async SQLAlchemy URL actually used."""
+        """The SQLAlchemy URL actually used (SQLite on `sqlite3`, PostgreSQL on asyncpg)."""
         if self.database_url is None:
-            return f"sqlite+aiosqlite:///{(self.data_dir / 'chambers.db').resolve()}"
+            return f"sqlite+pysqlite:///{(self.data_dir / 'chambers.db').resolve()}"
         url = self.database_url
         if url.startswith("postgres://"):
             url = "postgresql://" + url.removeprefix("postgres://")
         if url.startswith("postgresql://"):
             url = "postgresql+asyncpg://" + url.removeprefix("postgresql://")
-        if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
-            url = "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+        if url.startswith(("sqlite://", "sqlite+aiosqlite://")):  # the latter, as configured before 2026-12
+            url = "sqlite+pysqlite://" + url.split("://", 1)[1]
         return url
 
 

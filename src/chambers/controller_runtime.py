@@ -26,7 +26,7 @@ def build_controller(settings: Settings, store: Store) -> Controller:
     """Agents, users, grants, the session log and the TurnGate (the chat surface comes later)."""
     if not isinstance(store, SqlStore):
         raise TypeError("the agent controller needs the SQL store")
-    cstore = SqlControllerStore(store.engine, store.reader)
+    cstore = SqlControllerStore(store.db)
     configured = settings.secret_key.get_secret_value() if settings.secret_key is not None else None
     keys = AgentKeys(cstore, SecretBox.from_settings(configured, settings.data_dir))
     agents = AgentService(cstore, keys, settings.default_model)

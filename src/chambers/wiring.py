@@ -242,7 +242,7 @@ async def build_services(settings: Settings) -> Services:
         return await lifecycle.sleep_idle(utcnow())
 
     reaper = Reaper.for_runner(settings.reaper_interval_s, runner, [("idle sessions", sleep_idle)])
-    webhooks = build_webhooks(settings, store.engine, store.reader) if isinstance(store, SqlStore) else None
+    webhooks = build_webhooks(settings, store.db) if isinstance(store, SqlStore) else None
     return Services(
         settings=settings,
         store=store,
@@ -277,5 +277,5 @@ def build_runs(
         lease_s=settings.lease_s,
         poll_interval_s=settings.run_poll_interval_s,
     )
-    service = RunService(SqlRunStore(store.engine, store.reader), store, runner, sessions, rules, controller)
+    service = RunService(SqlRunStore(store.db), store, runner, sessions, rules, controller)
     return service, RunWorkerPool(service, settings.run_concurrency, settings.run_poll_interval_s)

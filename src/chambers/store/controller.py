@@ -1,4 +1,4 @@
-"""SqlControllerStore: the controller's ControllerStore on the SqlStore's engine (SQLite or PostgreSQL).
+"""SqlControllerStore: the controller's ControllerStore on the SqlStore's Database (SQLite or PostgreSQL).
 
 Session-log appends are serialised per chain by locking the chain's head row first: `UPDATE … SET
 seq = seq + 1` takes the row lock on PostgreSQL (a concurrent append waits, then sees the new head)
@@ -10,14 +10,13 @@ written even by a buggy caller.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, Row, RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chambers.core.clock import as_utc
 from chambers.core.controller.models import Agent, AuditEntry, ChainHead, Grant, Login, User
@@ -25,6 +24,7 @@ from chambers.core.controller.policy import Policy
 from chambers.core.controller.ports import AuditFilter, RateDecision
 from chambers.core.errors import Conflict, NotFound
 from chambers.core.models import ChatSession, Message, Page, Turn
+from chambers.store.database import Database
 from chambers.store.sql import refuse_claim, row_utc
 from chambers.store.tables import (
     agents,
@@ -86,12 +86,11 @@ def _session(row: RowMapping) -> ChatSession:
 
 
 class SqlControllerStore:
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
-        self.engine = engine
-        self.reader = reader or engine
-        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
-        single writer connection (see `SqlStore.open`)."""
-        self.dialect = engine.dialect.name
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        """Runs each method's transaction whole: `write` for changes, `read` for lookups (on SQLite the
+        reader connections, so reads never queue behind the single writer; see `chambers.store.database`)."""
+        self.dialect = db.dialect
 
     # agents
 
@@ -100,18 +99,21 @@ class SqlControllerStore:
         values.pop("is_default")
         values["default_for"] = agent.org_id if agent.is_default else None
         values["private_key"] = sealed_key
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(agents).values(**values))
-                await conn.execute(
-                    insert(audit_chains).values(
-                        id=agent.id,
-                        org_id=agent.org_id,
-                        seq=0,
-                        head_hash=GENESIS,
-                        updated_at=agent.created_at,
-                    )
+
+        def create(conn: Connection) -> None:
+            conn.execute(insert(agents).values(**values))
+            conn.execute(
+                insert(audit_chains).values(
+                    id=agent.id,
+                    org_id=agent.org_id,
+                    seq=0,
+                    head_hash=GENESIS,
+                    updated_at=agent.created_at,
                 )
+            )
+
+        try:
+            await self.db.write(create)
         except IntegrityError:
             if agent.is_default:  # another process made it first
                 existing = await self.default_agent(agent.org_id)
@@ -141,36 +143,47 @@ class SqlControllerStore:
         return await self._all(query.order_by(agents.c.id), _agent)
 
     async def update_agent(self, agent_id: str, **fields: Any) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(agents).where(agents.c.id == agent_id).values(**_agent_values(fields)))
+        values = _agent_values(fields)
+
+        def change(conn: Connection) -> None:
+            conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+
+        await self.db.write(change)
 
     async def delete_agent(self, agent_id: str, at: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            done = await conn.execute(
+        def remove(conn: Connection) -> bool:
+            done = conn.execute(
                 update(agents)
                 .where(agents.c.id == agent_id, agents.c.deleted_at.is_(None))
                 .values(deleted_at=at, updated_at=at)
             )
             # Its grants end with it (the agent and its log stay, so the log still verifies).
-            await conn.execute(
+            conn.execute(
                 update(grants)
                 .where(grants.c.agent_id == agent_id, grants.c.revoked_at.is_(None))
                 .values(revoked_at=at)
             )
-        return done.rowcount > 0
+            return done.rowcount > 0
+
+        return await self.db.write(remove)
 
     async def sealed_key(self, agent_id: str) -> str | None:
-        async with self.reader.connect() as conn:
-            value = (await conn.execute(select(agents.c.private_key).where(agents.c.id == agent_id))).scalar()
+        def lookup(conn: Connection) -> Any:
+            return conn.execute(select(agents.c.private_key).where(agents.c.id == agent_id)).scalar()
+
+        value = await self.db.read(lookup)
         return None if value is None else str(value)
 
     # users and sign-ins
 
     async def create_user(self, user: User, password_hash: str) -> User:
         values = {name: getattr(user, name) for name in User.__slots__}
+
+        def create(conn: Connection) -> None:
+            conn.execute(insert(users).values(**values, password_hash=password_hash))
+
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(users).values(**values, password_hash=password_hash))
+            await self.db.write(create)
         except IntegrityError:
             raise Conflict(f"a user with email {user.email} already exists") from None
         return user
@@ -179,35 +192,41 @@ class SqlControllerStore:
         return await self._one(select(users).where(users.c.id == user_id), _user)
 
     async def user_by_email(self, email: str) -> tuple[User, str] | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(select(users).where(users.c.email == email))).mappings().first()
+        def lookup(conn: Connection) -> RowMapping | None:
+            return conn.execute(select(users).where(users.c.email == email)).mappings().first()
+
+        row = await self.db.read(lookup)
         return None if row is None else (_user(row), str(row["password_hash"]))
 
     async def list_users(self, org_id: str) -> list[User]:
         return await self._all(select(users).where(users.c.org_id == org_id).order_by(users.c.id), _user)
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+        def change(conn: Connection) -> None:
+            conn.execute(update(users).where(users.c.id == user_id).values(password_hash=password_hash))
+
+        await self.db.write(change)
 
     async def disable_user(self, user_id: str, at: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            done = await conn.execute(
+        def disable(conn: Connection) -> bool:
+            done = conn.execute(
                 update(users)
                 .where(users.c.id == user_id, users.c.disabled_at.is_(None))
                 .values(disabled_at=at, updated_at=at)
             )
-            await conn.execute(delete(user_logins).where(user_logins.c.user_id == user_id))
-        return done.rowcount > 0
+            conn.execute(delete(user_logins).where(user_logins.c.user_id == user_id))
+            return done.rowcount > 0
+
+        return await self.db.write(disable)
 
     async def create_login(self, login: Login, token_hash: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def create(conn: Connection) -> None:
+            conn.execute(
                 delete(user_logins).where(
                     user_logins.c.user_id == login.user_id, user_logins.c.expires_at < login.created_at
                 )
             )
-            await conn.execute(
+            conn.execute(
                 insert(user_logins).values(
                     id=login.id,
                     user_id=login.user_id,
@@ -217,14 +236,19 @@ class SqlControllerStore:
                 )
             )
 
+        await self.db.write(create)
+
     async def find_login(self, token_hash: str) -> tuple[Login, User] | None:
         query = (
             select(user_logins, users)
             .join(users, users.c.id == user_logins.c.user_id)
             .where(user_logins.c.token_hash == token_hash)
         )
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(query)).first()
+
+        def lookup(conn: Connection) -> Row[Any] | None:
+            return conn.execute(query).first()
+
+        row = await self.db.read(lookup)
         if row is None:
             return None
         data = row._mapping
@@ -238,16 +262,21 @@ class SqlControllerStore:
         return login, _user(user_row)
 
     async def delete_login(self, token_hash: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(user_logins).where(user_logins.c.token_hash == token_hash))
+        def remove(conn: Connection) -> None:
+            conn.execute(delete(user_logins).where(user_logins.c.token_hash == token_hash))
+
+        await self.db.write(remove)
 
     # grants
 
     async def create_grant(self, grant: Grant) -> Grant:
         values = {name: getattr(grant, name) for name in Grant.__slots__}
         values["capabilities"] = sorted(grant.capabilities)
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(grants).values(**values))
+
+        def create(conn: Connection) -> None:
+            conn.execute(insert(grants).values(**values))
+
+        await self.db.write(create)
         return grant
 
     async def get_grant(self, grant_id: str) -> Grant | None:
@@ -264,13 +293,15 @@ class SqlControllerStore:
         return await self._all(query.order_by(grants.c.id), _grant)
 
     async def revoke_grant(self, grant_id: str, at: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            done = await conn.execute(
+        def revoke(conn: Connection) -> bool:
+            done = conn.execute(
                 update(grants)
                 .where(grants.c.id == grant_id, grants.c.revoked_at.is_(None))
                 .values(revoked_at=at)
             )
-        return done.rowcount > 0
+            return done.rowcount > 0
+
+        return await self.db.write(revoke)
 
     async def live_grants(self, subject_id: str, now: datetime, agent_id: str | None = None) -> list[Grant]:
         query = select(grants).where(
@@ -287,31 +318,28 @@ class SqlControllerStore:
     async def hit_rate(self, key: str, limit: int, window_s: int, now: datetime, count: bool) -> RateDecision:
         """A sliding window: the hits of the last `window_s` seconds, counted under the key's row lock."""
         since = now - timedelta(seconds=window_s)
+
+        def hit(conn: Connection) -> RateDecision:
+            touched = conn.execute(update(rate_keys).where(rate_keys.c.key == key).values(touched_at=now))
+            if touched.rowcount == 0:
+                conn.execute(insert(rate_keys).values(key=key, touched_at=now))
+            conn.execute(delete(rate_hits).where(rate_hits.c.key == key, rate_hits.c.at <= since))
+            row = conn.execute(
+                select(func.count(), func.min(rate_hits.c.at)).where(rate_hits.c.key == key)
+            ).one()
+            hits, oldest = int(row[0]), row[1]
+            if hits >= limit:
+                wait = window_s
+                if oldest is not None:
+                    wait = math.ceil((as_utc(oldest) - since).total_seconds())
+                return RateDecision(False, hits, max(1, wait))
+            if count:
+                conn.execute(insert(rate_hits).values(key=key, at=now))
+            return RateDecision(True, hits + 1 if count else hits)
+
         for _attempt in range(3):
             try:
-                async with self.engine.begin() as conn:
-                    touched = await conn.execute(
-                        update(rate_keys).where(rate_keys.c.key == key).values(touched_at=now)
-                    )
-                    if touched.rowcount == 0:
-                        await conn.execute(insert(rate_keys).values(key=key, touched_at=now))
-                    await conn.execute(
-                        delete(rate_hits).where(rate_hits.c.key == key, rate_hits.c.at <= since)
-                    )
-                    row = (
-                        await conn.execute(
-                            select(func.count(), func.min(rate_hits.c.at)).where(rate_hits.c.key == key)
-                        )
-                    ).one()
-                    hits, oldest = int(row[0]), row[1]
-                    if hits >= limit:
-                        wait = window_s
-                        if oldest is not None:
-                            wait = math.ceil((as_utc(oldest) - since).total_seconds())
-                        return RateDecision(False, hits, max(1, wait))
-                    if count:
-                        await conn.execute(insert(rate_hits).values(key=key, at=now))
-                    return RateDecision(True, hits + 1 if count else hits)
+                return await self.db.write(hit)
             except IntegrityError:  # two first hits made the key row at once; go again
                 continue
         raise Conflict("the rate limiter is busy; retry")
@@ -323,33 +351,38 @@ class SqlControllerStore:
             audit_entries.c.kind == "turn",
             audit_entries.c.created_at >= since,
         )
-        async with self.reader.connect() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
+
+        def total(conn: Connection) -> int:
+            return int(conn.execute(query).scalar() or 0)
+
+        return await self.db.read(total)
 
     # session log
 
     async def append_audit(self, chain_id: str, build: Callable[[int, str], AuditEntry]) -> AuditEntry:
-        async with self.engine.begin() as conn:
+        # `build` (hash and sign the entry) runs inside the transaction, on SQLite in the writer thread:
+        # it is synchronous and needs the locked head's seq and hash.
+        def append(conn: Connection) -> AuditEntry:
             # First statement: lock the head (row lock on PostgreSQL, write lock on SQLite).
-            locked = await conn.execute(
+            locked = conn.execute(
                 update(audit_chains).where(audit_chains.c.id == chain_id).values(seq=audit_chains.c.seq + 1)
             )
             if locked.rowcount == 0:
                 raise NotFound(f"no session log chain {chain_id}")
-            head = (
-                await conn.execute(
-                    select(audit_chains.c.seq, audit_chains.c.head_hash).where(audit_chains.c.id == chain_id)
-                )
+            head = conn.execute(
+                select(audit_chains.c.seq, audit_chains.c.head_hash).where(audit_chains.c.id == chain_id)
             ).one()
             entry = build(int(head.seq), str(head.head_hash))
             values = {name: getattr(entry, name) for name in AuditEntry.__slots__}
-            await conn.execute(insert(audit_entries).values(**values))
-            await conn.execute(
+            conn.execute(insert(audit_entries).values(**values))
+            conn.execute(
                 update(audit_chains)
                 .where(audit_chains.c.id == chain_id)
                 .values(head_hash=entry.hash, updated_at=entry.created_at)
             )
-        return entry
+            return entry
+
+        return await self.db.write(append)
 
     async def list_audit(self, where: AuditFilter, cursor: str | None, limit: int) -> Page[AuditEntry]:
         """Newest first; `cursor` is the id of the last entry of the previous page."""
@@ -377,8 +410,11 @@ class SqlControllerStore:
         query = select(audit_chains).order_by(audit_chains.c.id)
         if org_id is not None:
             query = query.where(audit_chains.c.org_id == org_id)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+
+        def heads(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        rows = await self.db.read(heads)
         return [ChainHead(r["id"], r["org_id"], int(r["seq"]), str(r["head_hash"])) for r in rows]
 
     async def audit_entries(self, chain_id: str, after_seq: int, limit: int) -> list[AuditEntry]:
@@ -424,8 +460,11 @@ class SqlControllerStore:
             .join(chat_sessions, chat_sessions.c.active_turn_id == turns.c.id)
             .where(chat_sessions.c.id == session_id, turns.c.status == "waiting_for_input")
         )
-        async with self.reader.connect() as conn:
-            pending = (await conn.execute(query)).scalar()
+
+        def lookup(conn: Connection) -> Any:
+            return conn.execute(query).scalar()
+
+        pending = await self.db.read(lookup)
         if not pending:
             return None
         return list(pending.get("parts") or [])
@@ -433,8 +472,8 @@ class SqlControllerStore:
     async def import_history(
         self, session_id: str, turn: Turn, stored: list[Message], model_messages: list[Any]
     ) -> None:
-        async with self.engine.begin() as conn:
-            free = await conn.execute(
+        def claim_and_import(conn: Connection) -> None:
+            free = conn.execute(
                 update(chat_sessions)
                 .where(
                     chat_sessions.c.id == session_id,
@@ -444,8 +483,8 @@ class SqlControllerStore:
                 .values(updated_at=turn.started_at)
             )
             if free.rowcount == 0:
-                await refuse_claim(conn, session_id, 2)
-            await conn.execute(
+                refuse_claim(conn, session_id, 2)
+            conn.execute(
                 insert(turns).values(
                     id=turn.id,
                     session_id=turn.session_id,
@@ -459,16 +498,22 @@ class SqlControllerStore:
                 )
             )
             if stored:
-                await conn.execute(
+                conn.execute(
                     insert(messages), [{name: getattr(m, name) for name in Message.__slots__} for m in stored]
                 )
 
+        await self.db.write(claim_and_import)
+
     async def _one(self, query: Any, convert: Callable[[RowMapping], T]) -> T | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+        def first(conn: Connection) -> RowMapping | None:
+            return conn.execute(query).mappings().first()
+
+        row = await self.db.read(first)
         return None if row is None else convert(row)
 
     async def _all(self, query: Any, convert: Callable[[RowMapping], T]) -> list[T]:
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        def every(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        rows = await self.db.read(every)
         return [convert(r) for r in rows]

@@ -1,4 +1,4 @@
-"""Run Alembic migrations programmatically, on an async engine."""
+"""Run Alembic migrations programmatically, in one write transaction of the store's `Database`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chambers.store.database import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x43484D42  # a fixed PostgreSQL advisory lock key ("CHMB")
@@ -21,14 +22,13 @@ def _config(connection: Connection) -> Config:
     return cfg
 
 
-async def upgrade(engine: AsyncEngine) -> None:
+async def upgrade(db: Database) -> None:
     """Bring the database to the newest schema."""
 
     def run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together on one database: one migrates, the others wait, then find it done.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         command.upgrade(_config(connection), "head")
 
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Replicas starting together on one database: one migrates, the others wait, then find it done.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-        await conn.run_sync(run)
+    await db.write(run)

@@ -1,4 +1,4 @@
-"""SqlRunStore: the RunStore port (core/runs.py) on the SQL store's engine.
+"""SqlRunStore: the RunStore port (core/runs.py) on the SQL store's Database.
 
 The queue is the `runs` table. A worker claims the oldest queued run with one conditional UPDATE whose
 target is picked by a subquery (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so two processes never take the
@@ -13,14 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Select
 
 from chambers.core.models import Notice, Page
 from chambers.core.runs import Run
-from chambers.store.sql import _write_notices, row_utc
+from chambers.store.database import Database
+from chambers.store.sql import row_utc, write_notices
 from chambers.store.tables import runs, turns
 
 _TIMES = ("created_at", "started_at", "ended_at", "lease_until")
@@ -53,18 +53,19 @@ def _values(run: Run) -> dict[str, Any]:
 
 
 class SqlRunStore:
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
-        self.engine = engine
-        self.reader = reader or engine
-        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
-        single writer connection (see `SqlStore.open`)."""
-        self.dialect = engine.dialect.name
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        """Every transaction runs through it; on SQLite reads go to their own connections, so they never
+        queue behind the single writer connection (see `chambers.store.database`)."""
+        self.dialect = db.dialect
 
     async def create_run(self, run: Run, notices: Sequence[Notice]) -> tuple[Run, bool]:
+        def create(conn: Connection) -> None:
+            conn.execute(insert(runs).values(**_values(run)))
+            write_notices(conn, notices)
+
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(runs).values(**_values(run)))
-                await _write_notices(conn, notices)
+            await self.db.write(create)
         except IntegrityError:
             if run.idempotency_key is None:
                 raise
@@ -90,8 +91,11 @@ class SqlRunStore:
         if cursor is not None:
             query = query.where(runs.c.id < cursor)
         query = query.order_by(runs.c.id.desc()).limit(limit + 1)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+
+        def fetch(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        rows = await self.db.read(fetch)
         items = [_run(r) for r in rows[:limit]]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
@@ -101,81 +105,92 @@ class SqlRunStore:
         oldest = select(runs.c.id).where(runs.c.status == "queued").order_by(runs.c.id).limit(1)
         if self.dialect == "postgresql":
             oldest = oldest.with_for_update(skip_locked=True)
-        async with self.engine.begin() as conn:
-            claimed = (
-                await conn.execute(
-                    update(runs)
-                    .where(runs.c.id == oldest.scalar_subquery(), runs.c.status == "queued")
-                    .values(
-                        status="running",
-                        attempts=runs.c.attempts + 1,
-                        started_at=now,
-                        turn_id=None,
-                        owner=owner,
-                        lease_until=lease_until,
-                    )
-                    .returning(runs.c.id)
+
+        def claim(conn: Connection) -> Run | None:
+            claimed = conn.execute(
+                update(runs)
+                .where(runs.c.id == oldest.scalar_subquery(), runs.c.status == "queued")
+                .values(
+                    status="running",
+                    attempts=runs.c.attempts + 1,
+                    started_at=now,
+                    turn_id=None,
+                    owner=owner,
+                    lease_until=lease_until,
                 )
+                .returning(runs.c.id)
             ).scalar()
             if claimed is None:
                 return None
-            run = await self._read(conn, claimed)
-            await _write_notices(conn, [started(run)])
-        return run
+            run = _read(conn, claimed)
+            write_notices(conn, [started(run)])
+            return run
+
+        return await self.db.write(claim)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(runs).where(runs.c.id == run_id).values(**fields))
+        def change(conn: Connection) -> None:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(**fields))
+
+        await self.db.write(change)
 
     async def request_cancel(self, run_id: str) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def request(conn: Connection) -> int:
+            return conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == "running")
                 .values(cancel_requested=True)
-            )
-        return result.rowcount > 0
+            ).rowcount
+
+        return await self.db.write(request) > 0
 
     async def cancel_queued(
         self, run_id: str, now: datetime, cancelled: Callable[[Run], Notice]
     ) -> Run | None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def cancel(conn: Connection) -> Run | None:
+            result = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == "queued")
                 .values(status="cancelled", cancel_requested=True, ended_at=now)
             )
             if result.rowcount == 0:
                 return None
-            run = await self._read(conn, run_id)
-            await _write_notices(conn, [cancelled(run)])
-        return run
+            run = _read(conn, run_id)
+            write_notices(conn, [cancelled(run)])
+            return run
+
+        return await self.db.write(cancel)
 
     async def finish_run(self, run_id: str, notices: Sequence[Notice], **fields: Any) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def finish(conn: Connection) -> bool:
+            result = conn.execute(
                 update(runs).where(runs.c.id == run_id, runs.c.status == "running").values(**fields)
             )
             if result.rowcount > 0:
-                await _write_notices(conn, notices)
-        return result.rowcount > 0
+                write_notices(conn, notices)
+            return result.rowcount > 0
+
+        return await self.db.write(finish)
 
     async def requeue_run(self, run_id: str) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def requeue(conn: Connection) -> int:
+            return conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.status == "running")
                 .values(status="queued", turn_id=None, owner=None, lease_until=None)
-            )
-        return result.rowcount > 0
+            ).rowcount
+
+        return await self.db.write(requeue) > 0
 
     async def renew_run_leases(self, owner: str, run_ids: Sequence[str], until: datetime) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def renew(conn: Connection) -> None:
+            conn.execute(
                 update(runs)
                 .where(runs.c.id.in_(list(run_ids)), runs.c.owner == owner, runs.c.status == "running")
                 .values(lease_until=until)
             )
+
+        await self.db.write(renew)
 
     async def orphaned_runs(self, owner: str, now: datetime) -> list[Run]:
         query = (
@@ -186,13 +201,15 @@ class SqlRunStore:
             )
             .order_by(runs.c.id)
         )
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_run(r) for r in rows]
+
+        def fetch(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        return [_run(r) for r in await self.db.read(fetch)]
 
     async def adopt_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def adopt(conn: Connection) -> int:
+            return conn.execute(
                 update(runs)
                 .where(
                     runs.c.id == run_id,
@@ -200,14 +217,18 @@ class SqlRunStore:
                     or_(runs.c.owner == owner, runs.c.owner.is_(None), runs.c.lease_until < now),
                 )
                 .values(owner=owner, lease_until=lease_until)
-            )
-        return result.rowcount > 0
+            ).rowcount
 
-    async def _read(self, conn: AsyncConnection, run_id: str) -> Run:
-        row = (await conn.execute(_select().where(runs.c.id == run_id))).mappings().one()
-        return _run(row)
+        return await self.db.write(adopt) > 0
 
     async def _one(self, query: Select[Any]) -> Run | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+        def fetch(conn: Connection) -> RowMapping | None:
+            return conn.execute(query).mappings().first()
+
+        row = await self.db.read(fetch)
         return None if row is None else _run(row)
+
+
+def _read(conn: Connection, run_id: str) -> Run:
+    row = conn.execute(_select().where(runs.c.id == run_id)).mappings().one()
+    return _run(row)

@@ -1,16 +1,16 @@
-"""SqlStore: the Store port on SQLAlchemy async (SQLite via aiosqlite, PostgreSQL via asyncpg)."""
+"""SqlStore: the Store port on SQLAlchemy, its transactions run by a `Database` (store/database.py)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func, insert, select, update
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import Executable
 
 from chambers.core.clock import as_utc, iso, utcnow
 from chambers.core.errors import Conflict, NotFound, SessionEnded, TurnConflict
@@ -27,6 +27,7 @@ from chambers.core.models import (
     UsageEntry,
 )
 from chambers.store import migrate
+from chambers.store.database import Database, open_database, ping
 from chambers.store.tables import (
     api_keys,
     chat_sessions,
@@ -96,55 +97,30 @@ def _usage_values(entry: UsageEntry) -> dict[str, Any]:
 class SqlStore:
     """The Store on SQLAlchemy. Build with `await SqlStore.open(url)`."""
 
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
-        self.engine = engine
-        """For writes (and any module that shares it): on SQLite every transaction is BEGIN IMMEDIATE."""
-        self.reader = reader or engine
-        """For this store's reads: on SQLite a second pool of plain (deferred) connections."""
-        self.dialect = engine.dialect.name
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        """Runs the transactions; the controller, runs and webhooks stores share it."""
+        self.dialect = db.dialect
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> SqlStore:
         """Connect (creating the SQLite file's folder) and migrate to the newest schema."""
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
-        sqlite = url.startswith("sqlite")
-        # SQLite takes one writer at a time. With one pooled writer connection, writers wait their turn
-        # in the pool's queue (FIFO, woken at once) instead of in SQLite's busy handler, which polls
-        # with sleeps of up to 100 ms and made write latency under load grow to seconds.
-        engine = create_async_engine(url, **kwargs, **({"pool_size": 1, "max_overflow": 0} if sqlite else {}))
-        reader = None
-        if sqlite:
-            # A deferred transaction that reads and then writes cannot wait for the write lock: SQLite
-            # answers "database is locked" at once. Taking the lock up front lets busy_timeout queue it.
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(engine.sync_engine, "connect", _sqlite_manual_begin)
-            event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
-            reader = create_async_engine(url, **kwargs)
-            event.listen(reader.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine, reader)
+        store = cls(await open_database(url))
         if run_migrations:
-            await migrate.upgrade(engine)
+            await migrate.upgrade(store.db)
         return store
 
     async def ping(self) -> None:
-        async with self.reader.connect() as conn:
-            await conn.execute(select(1))
+        await self.db.read(ping)
 
     async def close(self) -> None:
-        await self.engine.dispose()
-        if self.reader is not self.engine:
-            await self.reader.dispose()
+        await self.db.close()
 
     # organisations and keys
 
     async def create_org(self, org: Org) -> Org:
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(orgs).values(id=org.id, name=org.name, created_at=org.created_at))
+            await self._write(insert(orgs).values(id=org.id, name=org.name, created_at=org.created_at))
         except IntegrityError:  # names are unique; another process may have taken this one just now
             raise Conflict(f"organisation {org.name!r} already exists") from None
         return org
@@ -156,23 +132,20 @@ class SqlStore:
         return await self._one(select(orgs).where(orgs.c.name == name), _org)
 
     async def list_orgs(self) -> list[Org]:
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(select(orgs).order_by(orgs.c.id))).mappings().all()
-        return [_org(r) for r in rows]
+        return await self._all(select(orgs).order_by(orgs.c.id), _org)
 
     async def create_api_key(self, key: ApiKey, key_hash: str) -> ApiKey:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(api_keys).values(
-                    id=key.id,
-                    org_id=key.org_id,
-                    name=key.name,
-                    prefix=key.prefix,
-                    key_hash=key_hash,
-                    scopes=",".join(sorted(key.scopes)),
-                    created_at=key.created_at,
-                )
+        await self._write(
+            insert(api_keys).values(
+                id=key.id,
+                org_id=key.org_id,
+                name=key.name,
+                prefix=key.prefix,
+                key_hash=key_hash,
+                scopes=",".join(sorted(key.scopes)),
+                created_at=key.created_at,
             )
+        )
         return key
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
@@ -182,30 +155,29 @@ class SqlStore:
         query = select(api_keys).order_by(api_keys.c.id)
         if org_id is not None:
             query = query.where(api_keys.c.org_id == org_id)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_key(r) for r in rows]
+        return await self._all(query, _key)
 
     async def revoke_api_key(self, key_id: str, at: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=at)
-            )
-        return result.rowcount > 0
+        revoked = await self._write(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return revoked > 0
 
     async def touch_api_key(self, key_id: str, at: datetime) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
+        await self._write(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
 
     # sessions
 
     async def create_session(self, session: ChatSession, notices: Sequence[Notice] = ()) -> None:
         values = {name: getattr(session, name) for name in ChatSession.__slots__}
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(chat_sessions).values(**values))
-            await _write_notices(conn, notices)
+
+        def create(conn: Connection) -> None:
+            conn.execute(insert(chat_sessions).values(**values))
+            write_notices(conn, notices)
+
+        await self.db.write(create)
 
     async def get_session(self, session_id: str, org_id: str | None = None) -> ChatSession | None:
         query = select(chat_sessions).where(chat_sessions.c.id == session_id)
@@ -232,43 +204,35 @@ class SqlStore:
         if cursor is not None:
             query = query.where(chat_sessions.c.id < cursor)
         query = query.order_by(chat_sessions.c.id.desc()).limit(limit + 1)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        items = [_session(r) for r in rows[:limit]]
+        rows = await self._all(query, _session)
+        items = rows[:limit]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
     async def update_session(self, session_id: str, **fields: Any) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(chat_sessions).where(chat_sessions.c.id == session_id).values(**fields))
+        await self._write(update(chat_sessions).where(chat_sessions.c.id == session_id).values(**fields))
 
     async def transition_session(
         self, session_id: str, from_status: tuple[str, ...], notices: Sequence[Notice] = (), **fields: Any
     ) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(chat_sessions)
-                .where(chat_sessions.c.id == session_id, chat_sessions.c.status.in_(from_status))
-                .values(**fields)
-            )
-            if result.rowcount > 0:
-                await _write_notices(conn, notices)
-        return result.rowcount > 0
+        change = (
+            update(chat_sessions)
+            .where(chat_sessions.c.id == session_id, chat_sessions.c.status.in_(from_status))
+            .values(**fields)
+        )
+        return await self.db.write(functools.partial(_update_and_announce, change, notices))
 
     async def sleep_session(self, session_id: str, notices: Sequence[Notice], **fields: Any) -> bool:
         waiting = select(turns.c.id).where(turns.c.status == "waiting_for_input").scalar_subquery()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(chat_sessions)
-                .where(
-                    chat_sessions.c.id == session_id,
-                    chat_sessions.c.status == "active",
-                    chat_sessions.c.active_turn_id.is_(None) | chat_sessions.c.active_turn_id.in_(waiting),
-                )
-                .values(**fields)
+        change = (
+            update(chat_sessions)
+            .where(
+                chat_sessions.c.id == session_id,
+                chat_sessions.c.status == "active",
+                chat_sessions.c.active_turn_id.is_(None) | chat_sessions.c.active_turn_id.in_(waiting),
             )
-            if result.rowcount > 0:
-                await _write_notices(conn, notices)
-        return result.rowcount > 0
+            .values(**fields)
+        )
+        return await self.db.write(functools.partial(_update_and_announce, change, notices))
 
     async def sleep_candidates(self) -> list[ChatSession]:
         waiting = select(turns.c.id).where(turns.c.status == "waiting_for_input").scalar_subquery()
@@ -276,25 +240,20 @@ class SqlStore:
             chat_sessions.c.status == "active",
             chat_sessions.c.active_turn_id.is_(None) | chat_sessions.c.active_turn_id.in_(waiting),
         )
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_session(r) for r in rows]
+        return await self._all(query, _session)
 
     async def sessions_with_sandbox(self) -> list[ChatSession]:
         query = select(chat_sessions).where(chat_sessions.c.sandbox_started_at.is_not(None))
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_session(r) for r in rows]
+        return await self._all(query, _session)
 
     async def record_notices(self, notices: Sequence[Notice]) -> None:
-        async with self.engine.begin() as conn:
-            await _write_notices(conn, notices)
+        await self.db.write(functools.partial(write_notices, notices=notices))
 
     # turns
 
     async def claim_turn(self, turn: Turn, user_message: Message, notices: Sequence[Notice] = ()) -> None:
-        async with self.engine.begin() as conn:
-            claimed = await conn.execute(
+        def claim(conn: Connection) -> None:
+            claimed = conn.execute(
                 update(chat_sessions)
                 .where(
                     chat_sessions.c.id == turn.session_id,
@@ -309,9 +268,9 @@ class SqlStore:
                 )
             )
             if claimed.rowcount == 0:
-                await refuse_claim(conn, turn.session_id)
-            await conn.execute(insert(messages).values(**_message_values(user_message)))
-            await conn.execute(
+                refuse_claim(conn, turn.session_id)
+            conn.execute(insert(messages).values(**_message_values(user_message)))
+            conn.execute(
                 insert(turns).values(
                     id=turn.id,
                     session_id=turn.session_id,
@@ -325,7 +284,9 @@ class SqlStore:
                     lease_until=turn.lease_until,
                 )
             )
-            await _write_notices(conn, notices)
+            write_notices(conn, notices)
+
+        await self.db.write(claim)
 
     async def get_turn(self, turn_id: str) -> Turn | None:
         return await self._one(select(turns).where(turns.c.id == turn_id), _turn)
@@ -342,9 +303,10 @@ class SqlStore:
         inputs = sum(e.prompt_tokens or 0 for e in outcome.usage)
         outputs = sum(e.completion_tokens or 0 for e in outcome.usage)
         cost = sum(e.cost_micros for e in outcome.usage)
-        async with self.engine.begin() as conn:
+
+        def finish(conn: Connection) -> bool:
             if lease_expired_before is not None:
-                closed = await conn.execute(
+                closed = conn.execute(
                     update(turns)
                     .where(
                         turns.c.id == outcome.turn_id,
@@ -356,10 +318,10 @@ class SqlStore:
                 if closed.rowcount == 0:
                     return False
             if outcome.assistant_message is not None:
-                await conn.execute(insert(messages).values(**_message_values(outcome.assistant_message)))
+                conn.execute(insert(messages).values(**_message_values(outcome.assistant_message)))
             if outcome.usage:
-                await conn.execute(insert(usage_entries), [_usage_values(e) for e in outcome.usage])
-            await conn.execute(
+                conn.execute(insert(usage_entries), [_usage_values(e) for e in outcome.usage])
+            conn.execute(
                 update(turns)
                 .where(turns.c.id == outcome.turn_id)
                 .values(
@@ -372,7 +334,7 @@ class SqlStore:
                     assistant_message_id=outcome.assistant_message.id if outcome.assistant_message else None,
                 )
             )
-            await conn.execute(
+            conn.execute(
                 update(chat_sessions)
                 .where(chat_sessions.c.id == outcome.session_id)
                 .values(
@@ -387,42 +349,42 @@ class SqlStore:
                     else func.greatest(chat_sessions.c.event_seq, outcome.event_seq),
                 )
             )
-            await _write_notices(conn, outcome.notices)
-        return True
+            write_notices(conn, outcome.notices)
+            return True
+
+        return await self.db.write(finish)
 
     # leases: which replica runs a turn, which owns a session's sandbox
 
     async def renew_leases(self, owner: str, until: datetime) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def renew(conn: Connection) -> None:
+            conn.execute(
                 update(turns)
                 .where(turns.c.owner == owner, turns.c.status == "running")
                 .values(lease_until=until)
             )
-            await conn.execute(
+            conn.execute(
                 update(chat_sessions)
                 .where(chat_sessions.c.owner == owner, chat_sessions.c.status != "ended")
                 .values(owner_until=until)
             )
 
+        await self.db.write(renew)
+
     async def set_turn_owner(self, turn_id: str, owner: str, until: datetime) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(turns).where(turns.c.id == turn_id).values(owner=owner, lease_until=until)
-            )
+        await self._write(update(turns).where(turns.c.id == turn_id).values(owner=owner, lease_until=until))
 
     async def take_session(
         self, session_id: str, owner: str, until: datetime, now: datetime
     ) -> tuple[bool, str | None]:
         """Become the owner of a session's sandbox unless another replica holds a live lease on it.
         Returns whether it worked and who owned it before."""
-        async with self.engine.begin() as conn:
+
+        def take(conn: Connection) -> tuple[bool, str | None]:
             row = (
-                (
-                    await conn.execute(
-                        select(chat_sessions.c.owner, chat_sessions.c.owner_until).where(
-                            chat_sessions.c.id == session_id
-                        )
+                conn.execute(
+                    select(chat_sessions.c.owner, chat_sessions.c.owner_until).where(
+                        chat_sessions.c.id == session_id
                     )
                 )
                 .mappings()
@@ -431,7 +393,7 @@ class SqlStore:
             if row is None:
                 return False, None
             previous = row["owner"]
-            result = await conn.execute(
+            result = conn.execute(
                 update(chat_sessions)
                 .where(
                     chat_sessions.c.id == session_id,
@@ -441,49 +403,47 @@ class SqlStore:
                 )
                 .values(owner=owner, owner_until=until)
             )
-        return result.rowcount > 0, previous
+            return result.rowcount > 0, previous
+
+        return await self.db.write(take)
 
     async def release_session(self, session_id: str, owner: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(chat_sessions)
-                .where(chat_sessions.c.id == session_id, chat_sessions.c.owner == owner)
-                .values(owner=None, owner_until=None)
-            )
+        await self._write(
+            update(chat_sessions)
+            .where(chat_sessions.c.id == session_id, chat_sessions.c.owner == owner)
+            .values(owner=None, owner_until=None)
+        )
 
     async def expired_turns(self, now: datetime) -> list[Turn]:
         query = (
             select(turns).where(turns.c.status == "running", turns.c.lease_until < now).order_by(turns.c.id)
         )
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_turn(r) for r in rows]
+        return await self._all(query, _turn)
 
     async def set_turn_status(
         self, turn_id: str, status: str, pending: dict[str, Any] | None, notices: Sequence[Notice] = ()
     ) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(turns).where(turns.c.id == turn_id).values(status=status, pending=pending)
-            )
-            await _write_notices(conn, notices)
+        change = update(turns).where(turns.c.id == turn_id).values(status=status, pending=pending)
+
+        def set_status(conn: Connection) -> None:
+            conn.execute(change)
+            write_notices(conn, notices)
+
+        await self.db.write(set_status)
 
     async def transition_turn(
         self, turn_id: str, from_status: str, to_status: str, pending: dict[str, Any] | None
     ) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(turns)
-                .where(turns.c.id == turn_id, turns.c.status == from_status)
-                .values(status=to_status, pending=pending)
-            )
-        return result.rowcount > 0
+        changed = await self._write(
+            update(turns)
+            .where(turns.c.id == turn_id, turns.c.status == from_status)
+            .values(status=to_status, pending=pending)
+        )
+        return changed > 0
 
     async def waiting_turns(self) -> list[Turn]:
-        async with self.reader.connect() as conn:
-            query = select(turns).where(turns.c.status == "waiting_for_input").order_by(turns.c.id)
-            rows = (await conn.execute(query)).mappings().all()
-        return [_turn(r) for r in rows]
+        query = select(turns).where(turns.c.status == "waiting_for_input").order_by(turns.c.id)
+        return await self._all(query, _turn)
 
     async def interrupted_turns(self, owner: str) -> list[Turn]:
         """Turns this replica was running when it stopped (or unowned ones, from before leases)."""
@@ -492,9 +452,7 @@ class SqlStore:
             .where(turns.c.status == "running", (turns.c.owner == owner) | turns.c.owner.is_(None))
             .order_by(turns.c.id)
         )
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_turn(r) for r in rows]
+        return await self._all(query, _turn)
 
     async def turn_history(self, session_id: str) -> list[Any]:
         query = (
@@ -502,8 +460,7 @@ class SqlStore:
             .where(turns.c.session_id == session_id, turns.c.model_messages.is_not(None))
             .order_by(turns.c.id)
         )
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).scalars().all()
+        rows = await self.db.read(lambda conn: conn.execute(query).scalars().all())
         history: list[Any] = []
         for chunk in rows:
             history.extend(chunk or [])
@@ -511,30 +468,44 @@ class SqlStore:
 
     async def list_messages(self, session_id: str) -> list[Message]:
         query = select(messages).where(messages.c.session_id == session_id).order_by(messages.c.id)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_message(r) for r in rows]
+        return await self._all(query, _message)
 
     async def list_usage(self, turn_id: str) -> list[UsageEntry]:
         query = select(usage_entries).where(usage_entries.c.turn_id == turn_id).order_by(usage_entries.c.id)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [_usage(r) for r in rows]
+        return await self._all(query, _usage)
 
-    async def _one(self, query: Any, convert: Callable[[RowMapping], T]) -> T | None:
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+    async def _one(self, query: Executable, convert: Callable[[RowMapping], T]) -> T | None:
+        row = await self.db.read(lambda conn: conn.execute(query).mappings().first())
         return None if row is None else convert(row)
 
+    async def _all(self, query: Executable, convert: Callable[[RowMapping], T]) -> list[T]:
+        rows = await self.db.read(lambda conn: conn.execute(query).mappings().all())
+        return [convert(r) for r in rows]
 
-async def refuse_claim(conn: AsyncConnection, session_id: str, retry_after_s: int = 0) -> None:
+    async def _write(self, statement: Executable) -> int:
+        """One statement in its own write transaction; the number of rows it changed."""
+        return await self.db.write(lambda conn: _rowcount(conn.execute(statement)))
+
+
+def _rowcount(result: Any) -> int:
+    count: int = result.rowcount
+    return count
+
+
+def _update_and_announce(change: Executable, notices: Sequence[Notice], conn: Connection) -> bool:
+    """Run `change`; if it changed a row, write `notices` to the outbox in the same transaction."""
+    if _rowcount(conn.execute(change)) == 0:
+        return False
+    write_notices(conn, notices)
+    return True
+
+
+def refuse_claim(conn: Connection, session_id: str, retry_after_s: int = 0) -> None:
     """Why a session could not be claimed: NotFound, SessionEnded or TurnConflict (its active turn)."""
     row = (
-        (
-            await conn.execute(
-                select(chat_sessions.c.status, chat_sessions.c.active_turn_id).where(
-                    chat_sessions.c.id == session_id
-                )
+        conn.execute(
+            select(chat_sessions.c.status, chat_sessions.c.active_turn_id).where(
+                chat_sessions.c.id == session_id
             )
         )
         .mappings()
@@ -547,7 +518,7 @@ async def refuse_claim(conn: AsyncConnection, session_id: str, retry_after_s: in
     raise TurnConflict(row["active_turn_id"] or "", retry_after_s)
 
 
-async def _write_notices(conn: AsyncConnection, notices: Sequence[Notice]) -> None:
+def write_notices(conn: Connection, notices: Sequence[Notice]) -> None:
     """The outbox: each notice becomes an event plus one delivery per matching active subscription."""
     if not notices:
         return
@@ -555,7 +526,7 @@ async def _write_notices(conn: AsyncConnection, notices: Sequence[Notice]) -> No
     subscriptions: dict[str, list[tuple[str, list[str]]]] = {}
     for notice in notices:
         if notice.org_id not in subscriptions:
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(webhook_subscriptions.c.id, webhook_subscriptions.c.event_types).where(
                     webhook_subscriptions.c.org_id == notice.org_id,
                     webhook_subscriptions.c.status == "active",
@@ -565,7 +536,7 @@ async def _write_notices(conn: AsyncConnection, notices: Sequence[Notice]) -> No
         event_id = new_id("evt")
         at = notice.at or now
         payload = {"type": notice.type, "timestamp": iso(at), "data": notice.data}
-        await conn.execute(
+        conn.execute(
             insert(outbox_events).values(
                 id=event_id,
                 org_id=notice.org_id,
@@ -577,7 +548,7 @@ async def _write_notices(conn: AsyncConnection, notices: Sequence[Notice]) -> No
         )
         targets = [sid for sid, types in subscriptions[notice.org_id] if not types or notice.type in types]
         if targets:
-            await conn.execute(
+            conn.execute(
                 insert(webhook_deliveries),
                 [
                     {
@@ -598,20 +569,3 @@ async def _write_notices(conn: AsyncConnection, notices: Sequence[Notice]) -> No
 
 def _message_values(message: Message) -> dict[str, Any]:
     return {name: getattr(message, name) for name in Message.__slots__}
-
-
-def _sqlite_manual_begin(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    dbapi_connection.isolation_level = None  # the driver emits no BEGIN; the "begin" event does
-
-
-def _sqlite_begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

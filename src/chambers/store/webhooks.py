@@ -1,7 +1,7 @@
-"""WebhookStore: subscriptions, the delivery queue and the attempt log, on the SqlStore's engine.
+"""WebhookStore: subscriptions, the delivery queue and the attempt log, on the SqlStore's Database.
 
 The outbox rows themselves are written by `SqlStore` in the transaction of each state change
-(`_write_notices`); this module reads and works that queue. Claiming is safe with several processes:
+(`write_notices`); this module reads and works that queue. Claiming is safe with several processes:
 a claim is a conditional UPDATE of `lease_until` (on PostgreSQL after `SELECT ... FOR UPDATE SKIP
 LOCKED`), and results are written only while the claimer's lease still stands.
 """
@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import and_, delete, exists, insert, or_, select, update
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, RowMapping
 
 from chambers.core.clock import as_utc
 from chambers.core.ids import new_id
 from chambers.core.models import Page
+from chambers.store.database import Database
 from chambers.store.tables import (
     outbox_events,
     webhook_attempts,
@@ -57,18 +57,17 @@ _PUBLIC_COLUMNS = [c for c in _subs.c if c.name != "secret"]
 class WebhookStore:
     """Queries of the webhooks feature. Every method is one transaction."""
 
-    def __init__(self, engine: AsyncEngine, reader: AsyncEngine | None = None) -> None:
-        self.engine = engine
-        self.reader = reader or engine
-        """For reads: on SQLite the store's pool of plain connections, so reads never queue behind the
-        single writer connection (see `SqlStore.open`)."""
-        self.dialect = engine.dialect.name
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        """Every transaction runs through it; on SQLite reads go to their own connections, so they never
+        queue behind the single writer connection (see `chambers.store.database`)."""
+        self.dialect = db.dialect
 
     # subscriptions
 
     async def create(self, subscription: Subscription, sealed_secret: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def create(conn: Connection) -> None:
+            conn.execute(
                 insert(_subs).values(
                     id=subscription.id,
                     org_id=subscription.org_id,
@@ -83,10 +82,15 @@ class WebhookStore:
                 )
             )
 
+        await self.db.write(create)
+
     async def get(self, org_id: str, subscription_id: str) -> Subscription | None:
         query = select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
-        async with self.reader.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+
+        def fetch(conn: Connection) -> RowMapping | None:
+            return conn.execute(query).mappings().first()
+
+        row = await self.db.read(fetch)
         return None if row is None else _subscription(row)
 
     async def page(self, org_id: str, cursor: str | None, limit: int) -> Page[Subscription]:
@@ -94,8 +98,11 @@ class WebhookStore:
         if cursor is not None:
             query = query.where(_subs.c.id < cursor)
         query = query.order_by(_subs.c.id.desc()).limit(limit + 1)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+
+        def fetch(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        rows = await self.db.read(fetch)
         items = [_subscription(r) for r in rows[:limit]]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
@@ -104,15 +111,16 @@ class WebhookStore:
     ) -> Subscription | None:
         """Change the given columns. Re-enabling resets the failure count and makes waiting
         deliveries due at once; disabling keeps them pending until the subscription is enabled."""
-        async with self.engine.begin() as conn:
-            current = await self._locked(conn, org_id, subscription_id)
+
+        def change(conn: Connection) -> RowMapping | None:
+            current = self._locked(conn, org_id, subscription_id)
             if current is None:
                 return None
             values = dict(fields, updated_at=now)
             status = fields.get("status")
             if status == "active" and current["status"] != "active":
                 values.update(consecutive_failures=0, disabled_at=None, disabled_reason=None)
-                await conn.execute(
+                conn.execute(
                     update(_dlv)
                     .where(
                         _dlv.c.subscription_id == subscription_id,
@@ -123,48 +131,52 @@ class WebhookStore:
                 )
             elif status == "disabled" and current["status"] != "disabled":
                 values.update(disabled_at=now, disabled_reason="disabled through the API")
-            await conn.execute(update(_subs).where(_subs.c.id == subscription_id).values(**values))
-            row = (
-                (await conn.execute(select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id)))
-                .mappings()
-                .one()
-            )
-        return _subscription(row)
+            conn.execute(update(_subs).where(_subs.c.id == subscription_id).values(**values))
+            changed = select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id)
+            return conn.execute(changed).mappings().one()
+
+        row = await self.db.write(change)
+        return None if row is None else _subscription(row)
 
     async def set_secret(self, org_id: str, subscription_id: str, sealed_secret: str, now: datetime) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def change(conn: Connection) -> int:
+            return conn.execute(
                 update(_subs)
                 .where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
                 .values(secret=sealed_secret, updated_at=now)
-            )
-        return result.rowcount > 0
+            ).rowcount
+
+        return await self.db.write(change) > 0
 
     async def delete(self, org_id: str, subscription_id: str) -> bool:
         """Remove the subscription with its queue and log (its outbox events stay)."""
-        async with self.engine.begin() as conn:
-            if await self._locked(conn, org_id, subscription_id) is None:
-                return False
-            await conn.execute(delete(_att).where(_att.c.subscription_id == subscription_id))
-            await conn.execute(delete(_dlv).where(_dlv.c.subscription_id == subscription_id))
-            await conn.execute(delete(_subs).where(_subs.c.id == subscription_id))
-        return True
 
-    async def _locked(self, conn: AsyncConnection, org_id: str, subscription_id: str) -> RowMapping | None:
+        def remove(conn: Connection) -> bool:
+            if self._locked(conn, org_id, subscription_id) is None:
+                return False
+            conn.execute(delete(_att).where(_att.c.subscription_id == subscription_id))
+            conn.execute(delete(_dlv).where(_dlv.c.subscription_id == subscription_id))
+            conn.execute(delete(_subs).where(_subs.c.id == subscription_id))
+            return True
+
+        return await self.db.write(remove)
+
+    def _locked(self, conn: Connection, org_id: str, subscription_id: str) -> RowMapping | None:
         query = select(_subs.c.id, _subs.c.status).where(
             _subs.c.id == subscription_id, _subs.c.org_id == org_id
         )
         if self.dialect == "postgresql":
             query = query.with_for_update()
-        return (await conn.execute(query)).mappings().first()
+        return conn.execute(query).mappings().first()
 
     async def enqueue_test(
         self, org_id: str, subscription_id: str, event_type: str, payload: dict[str, Any], now: datetime
     ) -> tuple[str, str]:
         """An outbox event addressed to this one subscription; returns (event id, delivery id)."""
         event_id, delivery_id = new_id("evt"), new_id("dlv")
-        async with self.engine.begin() as conn:
-            await conn.execute(
+
+        def enqueue(conn: Connection) -> None:
+            conn.execute(
                 insert(outbox_events).values(
                     id=event_id,
                     org_id=org_id,
@@ -174,7 +186,7 @@ class WebhookStore:
                     created_at=now,
                 )
             )
-            await conn.execute(
+            conn.execute(
                 insert(_dlv).values(
                     id=delivery_id,
                     subscription_id=subscription_id,
@@ -187,6 +199,8 @@ class WebhookStore:
                     created_at=now,
                 )
             )
+
+        await self.db.write(enqueue)
         return event_id, delivery_id
 
     async def attempts(self, subscription_id: str, cursor: str | None, limit: int) -> Page[Attempt]:
@@ -199,8 +213,11 @@ class WebhookStore:
         if cursor is not None:
             query = query.where(_att.c.id < cursor)
         query = query.order_by(_att.c.id.desc()).limit(limit + 1)
-        async with self.reader.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+
+        def fetch(conn: Connection) -> Sequence[RowMapping]:
+            return conn.execute(query).mappings().all()
+
+        rows = await self.db.read(fetch)
         items = [
             Attempt(
                 id=r["id"],
@@ -280,9 +297,10 @@ class WebhookStore:
             query = query.where(_dlv.c.subscription_id.not_in(full))
         if self.dialect == "postgresql":
             query = query.with_for_update(of=_dlv, skip_locked=True)
-        claimed: list[DueDelivery] = []
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+
+        def claim(conn: Connection) -> list[DueDelivery]:
+            claimed: list[DueDelivery] = []
+            rows = conn.execute(query).mappings().all()
             for row in rows:
                 if len(claimed) >= limit:
                     break
@@ -291,7 +309,7 @@ class WebhookStore:
                     continue
                 # The conditional update is the claim (on SQLite the only guard; on PostgreSQL the
                 # row lock already holds it, and the condition costs nothing).
-                result = await conn.execute(
+                result = conn.execute(
                     update(_dlv)
                     .where(_dlv.c.id == row["id"], _dlv.c.status == "pending", free)
                     .values(lease_until=lease_until)
@@ -313,7 +331,9 @@ class WebhookStore:
                         payload=dict(row["payload"]),
                     )
                 )
-        return claimed
+            return claimed
+
+        return await self.db.write(claim)
 
     async def record(
         self,
@@ -349,8 +369,9 @@ class WebhookStore:
             values["delivered_at"] = now
         if retry_at is not None:
             values["next_attempt_at"] = retry_at
-        async with self.engine.begin() as conn:
-            changed = await conn.execute(
+
+        def settle(conn: Connection) -> Outcome | None:
+            changed = conn.execute(
                 update(_dlv)
                 .where(
                     _dlv.c.id == due.id,
@@ -361,7 +382,7 @@ class WebhookStore:
             )
             if changed.rowcount == 0:
                 return None
-            await conn.execute(
+            conn.execute(
                 insert(_att).values(
                     id=new_id("att"),
                     delivery_id=due.id,
@@ -377,13 +398,13 @@ class WebhookStore:
                 )
             )
             if status == "delivered":
-                await conn.execute(
+                conn.execute(
                     update(_subs)
                     .where(_subs.c.id == due.subscription_id, _subs.c.consecutive_failures != 0)
                     .values(consecutive_failures=0)
                 )
             elif status == "dead":
-                await conn.execute(
+                conn.execute(
                     update(_subs)
                     .where(_subs.c.id == due.subscription_id)
                     .values(consecutive_failures=_subs.c.consecutive_failures + 1)
@@ -392,7 +413,7 @@ class WebhookStore:
                     f"{disable_after} consecutive failed deliveries; the last: "
                     f"{error or 'HTTP ' + str(result.status_code)}"
                 )
-                disabled = await conn.execute(
+                disabled = conn.execute(
                     update(_subs)
                     .where(
                         _subs.c.id == due.subscription_id,
@@ -408,34 +429,38 @@ class WebhookStore:
                 )
                 if disabled.rowcount > 0:
                     return "disabled"
-        return outcome
+            return outcome
+
+        return await self.db.write(settle)
 
     async def release(self, leases: Sequence[DueDelivery]) -> None:
         """Give leases back unused (shutdown): those deliveries are due again at once."""
         if not leases:
             return
-        async with self.engine.begin() as conn:
+
+        def give_back(conn: Connection) -> None:
             for due in leases:
-                await conn.execute(
+                conn.execute(
                     update(_dlv)
                     .where(_dlv.c.id == due.id, _dlv.c.lease_until == due.lease_until)
                     .values(lease_until=None)
                 )
+
+        await self.db.write(give_back)
 
     async def prune(self, before: datetime, batch: int = 500) -> int:
         """Forget up to `batch` events made before `before` that no delivery still waits on, with their
         deliveries and attempts; returns how many events went. Pending deliveries (a receiver that is
         down, a paused subscription) keep their events however old."""
         waiting = exists().where(_dlv.c.event_id == outbox_events.c.id, _dlv.c.status == "pending")
-        async with self.engine.begin() as conn:
+
+        def forget(conn: Connection) -> int:
             ids = list(
-                (
-                    await conn.execute(
-                        select(outbox_events.c.id)
-                        .where(outbox_events.c.created_at < before, ~waiting)
-                        .order_by(outbox_events.c.created_at)
-                        .limit(batch)
-                    )
+                conn.execute(
+                    select(outbox_events.c.id)
+                    .where(outbox_events.c.created_at < before, ~waiting)
+                    .order_by(outbox_events.c.created_at)
+                    .limit(batch)
                 )
                 .scalars()
                 .all()
@@ -443,7 +468,9 @@ class WebhookStore:
             if not ids:
                 return 0
             deliveries = select(_dlv.c.id).where(_dlv.c.event_id.in_(ids))
-            await conn.execute(delete(_att).where(_att.c.delivery_id.in_(deliveries)))
-            await conn.execute(delete(_dlv).where(_dlv.c.event_id.in_(ids), _dlv.c.status != "pending"))
-            await conn.execute(delete(outbox_events).where(outbox_events.c.id.in_(ids)))
-        return len(ids)
+            conn.execute(delete(_att).where(_att.c.delivery_id.in_(deliveries)))
+            conn.execute(delete(_dlv).where(_dlv.c.event_id.in_(ids), _dlv.c.status != "pending"))
+            conn.execute(delete(outbox_events).where(outbox_events.c.id.in_(ids)))
+            return len(ids)
+
+        return await self.db.write(forget)

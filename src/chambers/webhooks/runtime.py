@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from chambers.config import Settings
+from chambers.store.database import Database
 from chambers.store.webhooks import WebhookStore
 from chambers.webhooks.deliverer import Deliverer, DeliveryPolicy
 from chambers.webhooks.service import WebhookService
@@ -28,9 +27,9 @@ class Webhooks:
         await self.deliverer.close()
 
 
-def build_webhooks(settings: Settings, engine: AsyncEngine, reader: AsyncEngine | None = None) -> Webhooks:
-    """The webhooks feature on the store's engines (the deliverer starts with `start()`)."""
-    store = WebhookStore(engine, reader)
+def build_webhooks(settings: Settings, db: Database) -> Webhooks:
+    """The webhooks feature on the store's Database (the deliverer starts with `start()`)."""
+    store = WebhookStore(db)
     configured = settings.secret_key.get_secret_value() if settings.secret_key is not None else None
     if not configured and not settings.resolved_database_url.startswith("sqlite"):
         log.warning(
