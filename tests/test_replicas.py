@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,12 +223,13 @@ def test_three_deliverers_send_each_webhook_attempt_exactly_once(
             accepted = [r for r in received if r.ok]
             ids = [r.webhook_id for r in accepted]
             assert len(ids) == expected + 1 and len(set(ids)) == len(ids), sorted(ids)
-            refused = [r for r in received if not r.ok]
-            # Two refusals of one event (other sessions' events go on meanwhile), then it went through once.
-            assert len(refused) == 2 and len({r.webhook_id for r in refused}) == 1
-            assert refused[0].webhook_id in ids
+            refused = Counter(r.webhook_id for r in received if not r.ok)
+            # The receiver refused its first two requests: both tries of one event, or one try each of two
+            # events when another session's event went out before the retry. Each then went through once.
+            assert sum(refused.values()) == 2 and all(webhook in ids for webhook in refused), refused
 
-            # The delivery log across replicas agrees: three attempts for the first event, one for the rest.
+            # The delivery log across replicas agrees: one attempt more than its refusals for a refused
+            # event, one for the rest.
             # (A replica records an attempt just after the receiver answered it: read until all are in.)
             def logged() -> list[dict[str, Any]] | None:
                 url = f"/events/v1/webhooks/{webhook_id}/deliveries"
@@ -237,7 +239,8 @@ def test_three_deliverers_send_each_webhook_attempt_exactly_once(
             by_event: dict[str, list[int]] = {}
             for attempt in eventually(logged, what="every attempt in the delivery log"):
                 by_event.setdefault(attempt["eventId"], []).append(attempt["attempt"])
-            assert sorted(len(a) for a in by_event.values()) == [1] * expected + [3]
+            tries = [1] * (expected + 1 - len(refused)) + [n + 1 for n in refused.values()]
+            assert sorted(len(a) for a in by_event.values()) == sorted(tries)
             assert all(sorted(a) == list(range(1, len(a) + 1)) for a in by_event.values()), by_event
         finally:
             for client in clients:

@@ -141,15 +141,13 @@ def chat_id_of(page: Page) -> str:
     return page.url.rsplit("/", 1)[-1]
 
 
-def wait_turn_completed(admin: httpx.Client, chat_id: str) -> dict[str, Any]:
-    """Block until the session's latest turn has ended, by reading its event feed from the start."""
-    session = admin.get(f"/agent/v1/chat/{chat_id}").json()
-    if session["activeTurnId"] is None:
-        return {}
+def wait_turn_completed(admin: httpx.Client, chat_id: str, turn_id: str) -> dict[str, Any]:
+    """Block until turn `turn_id` has ended (or find that it has), by reading the session's event feed
+    from the start; its `turn.completed` data."""
     with admin.stream(
         "GET", f"/agent/v1/chat/{chat_id}/stream", headers={"Last-Event-ID": "0"}, timeout=60
     ) as response:
-        seen = read_until(response, turn_done(session["activeTurnId"]))
+        seen = read_until(response, turn_done(turn_id))
     return seen[-1].data
 
 
@@ -468,8 +466,10 @@ def test_a_dropped_connection_resumes_from_the_last_event_without_duplicates(
         context.set_offline(True)  # no reconnecting for now...
         assert proxy.cut() > 0  # ...and the live feed is gone, mid-turn
         expect(page.get_by_role("status")).to_have_text("Connection lost: reconnecting…")
+        turn_id = site_admin.get(f"/agent/v1/chat/{chat_id}").json()["activeTurnId"]
+        assert turn_id
         upstream.release("cut")
-        done = wait_turn_completed(site_admin, chat_id)  # the rest of the turn happens while we're away
+        done = wait_turn_completed(site_admin, chat_id, turn_id)  # the rest happens while we're away
         assert done["status"] == "completed"
         expect(part).to_have_text(first.strip())  # nothing arrived meanwhile
 
