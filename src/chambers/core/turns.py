@@ -21,7 +21,7 @@ from chambers.core import notices
 from chambers.core.clock import iso, utcnow
 from chambers.core.errors import Conflict, NotFound, SessionEnded, TurnConflict, Unavailable
 from chambers.core.events import Replay
-from chambers.core.gate import OpenGate, TurnGate
+from chambers.core.gate import Admission, OpenGate, TurnGate
 from chambers.core.ids import new_id
 from chambers.core.lifecycle import SessionLifecycle
 from chambers.core.loop import (
@@ -145,7 +145,7 @@ class TurnRunner:
         self._active: dict[str, _Active] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._parked: dict[str, TurnTicket] = {}
-        self._admissions: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
+        self._admissions: dict[str, tuple[str | None, Admission]] = {}  # turn -> who started it, as let in
         self._prompts: dict[str, str] = {}  # turn -> the user's text, so a local turn need not read it back
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -195,7 +195,7 @@ class TurnRunner:
         except TurnConflict as conflict:
             await self.store.record_notices([notices.turn_conflict(session, conflict.active_turn_id)])
             raise TurnConflict(conflict.active_turn_id, self.policy.retry_after_s) from None
-        self._admissions[turn.id] = (principal.subject_id, admission.decisions)
+        self._admissions[turn.id] = (principal.subject_id, admission)
         self._prompts[turn.id] = text
         try:
             if turn.owner != self.replica:
@@ -408,7 +408,9 @@ class TurnRunner:
         else:
             pending = turn.pending or {}
             history = [*history, *pending.get("messages", [])]
-        profile = await self.gate.profile(session)
+        admitted = self._admissions.get(turn.id) if resume is None else None
+        # Admitted here a moment ago: the agent's profile was read then. Resumed or handed over: read it.
+        profile = admitted[1].profile if admitted is not None else await self.gate.profile(session)
         specs: list[Any] = []
         executor = None
         if self.sandbox is not None and profile.tools != frozenset():
@@ -506,7 +508,8 @@ class TurnRunner:
                 notices=[notices.turn_finished(turn, status, message.id, usage, result.error)],
             )
         )
-        subject, decisions = self._admissions.pop(turn.id, (None, []))
+        subject, admission = self._admissions.pop(turn.id, (None, None))
+        decisions = admission.decisions if admission is not None else []
         try:
             await self.gate.record(session, turn, subject, status, entries, decisions, result.error)
         except Exception:
