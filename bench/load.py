@@ -313,11 +313,25 @@ def stream_stats(streams: list[Stream], wall_s: float, curves: bool = True) -> d
         "headers_ms": brief(summarize((s.headers for s in good if s.headers is not None), 1000)),
         "gap_ms": keep(summarize((g for s in good for g in s.gaps), 1000)),
         "turn_ms": brief(summarize((s.end - s.start for s in good), 1000)),
+        "peak_streaming": peak_streaming(good),
         "delta_events": events,
         "upstream_deltas": tokens,
         "coalesced_deltas": tokens - events,
         "wall_s": round(wall_s, 3),
     }
+
+
+def peak_streaming(streams: list[Stream]) -> int:
+    """The most streams that were between their first and last delta at one moment. A server that
+    admits turns slowly spreads a burst out in time, so fewer of them stream at once than were sent."""
+    edges = sorted(
+        edge for s in streams if s.ttft is not None and s.end for edge in ((s.start + s.ttft, 1), (s.end, -1))
+    )
+    peak = running = 0
+    for _at, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
 
 
 class RssSampler:
@@ -495,9 +509,10 @@ async def capacity(sc: Scenario) -> dict[str, Any]:
         errors = max(r["chambers"]["error_rate"] for r in reps_out)
         passed = added <= max_gap and errors <= max_errors
         levels.append({"level": level, "reps": reps_out, "added_gap_p99_ms": added, "error_rate": errors})
+        at_once = median([float(r["chambers"]["peak_streaming"]) for r in reps_out])
         log(
-            f"capacity {level} streams: added gap p99 {added:.1f} ms, errors {errors:.2%}: "
-            + ("ok" if passed else "stop")
+            f"capacity {level} streams ({at_once:g} streaming at once): added gap p99 {added:.1f} ms, "
+            f"errors {errors:.2%}: " + ("ok" if passed else "stop")
         )
         if not passed:
             break

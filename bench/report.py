@@ -148,6 +148,10 @@ def summary(doc: dict[str, Any]) -> list[Row]:
             rows.append(
                 _paired(group, f"gap p99 at {level['level']} streams", reps, "gap_ms", "p99", limit=25.0)
             )
+            if all("peak_streaming" in r["chambers"] for r in reps):  # not in runs before 2026-12-05 17:00
+                label = f"streaming at once, at most, of {level['level']}"
+                both = [_med(reps, side, "peak_streaming") for side in ("direct", "chambers")]
+                rows.append(_row(group, label, "streams", both[0], both[1]))
         rows.append(
             _row(
                 group,
