@@ -32,7 +32,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chambers.core.errors import Unavailable
 from chambers.core.events import Event, Replay
@@ -189,6 +191,13 @@ class RedisEventBus:
         self._wake_id = "0-0"
         self._closed = False
 
+    async def _lost(self, exc: BaseException) -> None:
+        """After a lost connection, drop the pool's idle ones: they died with it, and the first command on
+        each would fail once Redis is back (the pool does not always notice a closed one)."""
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
+
     # keys
 
     def _seq_key(self, session_id: str) -> str:
@@ -212,6 +221,7 @@ class RedisEventBus:
                 keys=[self._seq_key(session_id), self._stream_key(session_id)], args=args
             )
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: could not publish to Redis ({exc})") from exc
         event.seq = int(seq)
         return event
@@ -254,6 +264,7 @@ class RedisEventBus:
         try:
             value = await self._redis.get(self._seq_key(session_id))
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: {exc}") from exc
         return int(value or 0)
 
@@ -261,6 +272,7 @@ class RedisEventBus:
         try:
             await self._seed(keys=[self._seq_key(session_id)], args=[seq, self.ttl_s])
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: {exc}") from exc
 
     async def close(self) -> None:
@@ -290,6 +302,7 @@ class RedisEventBus:
         try:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: {exc}") from exc
 
     def local_subscribers(self, session_id: str | None = None) -> int:
@@ -314,6 +327,7 @@ class RedisEventBus:
                 keys=[self._seq_key(session_id), self._stream_key(session_id)], args=[after_seq, upto]
             )
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: could not read from Redis ({exc})") from exc
         return int(current), _entries(oldest), _entries(newest), _entries(entries)
 
@@ -383,6 +397,7 @@ class RedisEventBus:
                 pipe.expire(self._wake_key, 3600)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            await self._lost(exc)
             self._wake_pending = False
             raise BusUnavailable(f"event bus unavailable: {exc}") from exc
 
