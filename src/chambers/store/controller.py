@@ -10,7 +10,7 @@ written even by a buggy caller.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from chambers.core.controller.policy import Policy
 from chambers.core.controller.ports import AuditFilter, RateDecision
 from chambers.core.errors import Conflict, NotFound
 from chambers.core.models import ChatSession, Message, Page, Turn
-from chambers.store.database import Database
+from chambers.store.database import Database, read_all, read_one
 from chambers.store.sql import refuse_claim, row_utc
 from chambers.store.tables import (
     agents,
@@ -411,11 +411,9 @@ class SqlControllerStore:
         if org_id is not None:
             query = query.where(audit_chains.c.org_id == org_id)
 
-        def heads(conn: Connection) -> Sequence[RowMapping]:
-            return conn.execute(query).mappings().all()
-
-        rows = await self.db.read(heads)
-        return [ChainHead(r["id"], r["org_id"], int(r["seq"]), str(r["head_hash"])) for r in rows]
+        return await read_all(
+            self.db, query, lambda r: ChainHead(r["id"], r["org_id"], int(r["seq"]), str(r["head_hash"]))
+        )
 
     async def audit_entries(self, chain_id: str, after_seq: int, limit: int) -> list[AuditEntry]:
         query = (
@@ -505,15 +503,7 @@ class SqlControllerStore:
         await self.db.write(claim_and_import)
 
     async def _one(self, query: Any, convert: Callable[[RowMapping], T]) -> T | None:
-        def first(conn: Connection) -> RowMapping | None:
-            return conn.execute(query).mappings().first()
-
-        row = await self.db.read(first)
-        return None if row is None else convert(row)
+        return await read_one(self.db, query, convert)
 
     async def _all(self, query: Any, convert: Callable[[RowMapping], T]) -> list[T]:
-        def every(conn: Connection) -> Sequence[RowMapping]:
-            return conn.execute(query).mappings().all()
-
-        rows = await self.db.read(every)
-        return [convert(r) for r in rows]
+        return await read_all(self.db, query, convert)

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import Executable
 
 T = TypeVar("T")
 
@@ -132,6 +133,18 @@ class AsyncDatabase:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def read_one(db: Database, query: Executable, convert: Callable[[RowMapping], T]) -> T | None:
+    """The first row of `query`, converted, or None."""
+    row = await db.read(lambda conn: conn.execute(query).mappings().first())
+    return None if row is None else convert(row)
+
+
+async def read_all(db: Database, query: Executable, convert: Callable[[RowMapping], T]) -> list[T]:
+    """Every row of `query`, converted."""
+    rows = await db.read(lambda conn: conn.execute(query).mappings().all())
+    return [convert(r) for r in rows]
 
 
 async def _hand_off(pool: ThreadPoolExecutor, job: Callable[[], T]) -> T:

@@ -19,7 +19,7 @@ from sqlalchemy.sql import Select
 
 from chambers.core.models import Notice, Page
 from chambers.core.runs import Run
-from chambers.store.database import Database
+from chambers.store.database import Database, read_all, read_one
 from chambers.store.sql import row_utc, write_notices
 from chambers.store.tables import runs, turns
 
@@ -92,11 +92,8 @@ class SqlRunStore:
             query = query.where(runs.c.id < cursor)
         query = query.order_by(runs.c.id.desc()).limit(limit + 1)
 
-        def fetch(conn: Connection) -> Sequence[RowMapping]:
-            return conn.execute(query).mappings().all()
-
-        rows = await self.db.read(fetch)
-        items = [_run(r) for r in rows[:limit]]
+        rows = await read_all(self.db, query, _run)
+        items = rows[:limit]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
     async def claim_run(
@@ -202,10 +199,7 @@ class SqlRunStore:
             .order_by(runs.c.id)
         )
 
-        def fetch(conn: Connection) -> Sequence[RowMapping]:
-            return conn.execute(query).mappings().all()
-
-        return [_run(r) for r in await self.db.read(fetch)]
+        return await read_all(self.db, query, _run)
 
     async def adopt_run(self, run_id: str, owner: str, now: datetime, lease_until: datetime) -> bool:
         def adopt(conn: Connection) -> int:
@@ -222,11 +216,7 @@ class SqlRunStore:
         return await self.db.write(adopt) > 0
 
     async def _one(self, query: Select[Any]) -> Run | None:
-        def fetch(conn: Connection) -> RowMapping | None:
-            return conn.execute(query).mappings().first()
-
-        row = await self.db.read(fetch)
-        return None if row is None else _run(row)
+        return await read_one(self.db, query, _run)
 
 
 def _read(conn: Connection, run_id: str) -> Run:

@@ -27,7 +27,7 @@ from chambers.core.models import (
     UsageEntry,
 )
 from chambers.store import migrate
-from chambers.store.database import Database, open_database, ping
+from chambers.store.database import Database, open_database, ping, read_all, read_one
 from chambers.store.tables import (
     api_keys,
     chat_sessions,
@@ -475,12 +475,10 @@ class SqlStore:
         return await self._all(query, _usage)
 
     async def _one(self, query: Executable, convert: Callable[[RowMapping], T]) -> T | None:
-        row = await self.db.read(lambda conn: conn.execute(query).mappings().first())
-        return None if row is None else convert(row)
+        return await read_one(self.db, query, convert)
 
     async def _all(self, query: Executable, convert: Callable[[RowMapping], T]) -> list[T]:
-        rows = await self.db.read(lambda conn: conn.execute(query).mappings().all())
-        return [convert(r) for r in rows]
+        return await read_all(self.db, query, convert)
 
     async def _write(self, statement: Executable) -> int:
         """One statement in its own write transaction; the number of rows it changed."""

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from chambers.core.clock import as_utc
 from chambers.core.ids import new_id
 from chambers.core.models import Page
-from chambers.store.database import Database
+from chambers.store.database import Database, read_all, read_one
 from chambers.store.tables import (
     outbox_events,
     webhook_attempts,
@@ -87,11 +87,7 @@ class WebhookStore:
     async def get(self, org_id: str, subscription_id: str) -> Subscription | None:
         query = select(*_PUBLIC_COLUMNS).where(_subs.c.id == subscription_id, _subs.c.org_id == org_id)
 
-        def fetch(conn: Connection) -> RowMapping | None:
-            return conn.execute(query).mappings().first()
-
-        row = await self.db.read(fetch)
-        return None if row is None else _subscription(row)
+        return await read_one(self.db, query, _subscription)
 
     async def page(self, org_id: str, cursor: str | None, limit: int) -> Page[Subscription]:
         query = select(*_PUBLIC_COLUMNS).where(_subs.c.org_id == org_id)
@@ -99,11 +95,8 @@ class WebhookStore:
             query = query.where(_subs.c.id < cursor)
         query = query.order_by(_subs.c.id.desc()).limit(limit + 1)
 
-        def fetch(conn: Connection) -> Sequence[RowMapping]:
-            return conn.execute(query).mappings().all()
-
-        rows = await self.db.read(fetch)
-        items = [_subscription(r) for r in rows[:limit]]
+        rows = await read_all(self.db, query, _subscription)
+        items = rows[:limit]
         return Page(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
 
     async def update(
