@@ -14,7 +14,6 @@ from pydantic_ai.messages import (
     FunctionToolResultEvent,
     ModelMessage,
     ModelMessagesTypeAdapter,
-    ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
@@ -25,10 +24,17 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
 from chambers.agent.models import ModelNotConfigured, ModelResolver, ResolvedModel
+from chambers.agent.results import (
+    ASK_USER,
+    dump_messages,
+    is_error,
+    model_calls,
+    provider_error,
+    question_options,
+)
 from chambers.core.loop import (
     LoopEvent,
     LoopResult,
-    ModelCall,
     Question,
     TextDelta,
     TextStarted,
@@ -41,23 +47,6 @@ from chambers.logs import scrub
 
 log = logging.getLogger("chambers.agent")
 
-ASK_USER = ToolSpec(
-    name="ask_user",
-    description=(
-        "Ask the user a question and wait for the answer. Use it for clarification or confirmation "
-        "you cannot do without. Optionally offer a short list of answer options."
-    ),
-    parameters={
-        "type": "object",
-        "properties": {
-            "question": {"type": "string", "minLength": 1, "maxLength": 4000},
-            "options": {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": 20},
-        },
-        "required": ["question"],
-        "additionalProperties": False,
-    },
-)
-
 
 class PydanticAgentLoop:
     """Starts turns on pydantic-ai agents built per turn from cached models."""
@@ -67,6 +56,17 @@ class PydanticAgentLoop:
 
     def start(self, request: TurnRequest) -> _Run:
         return _Run(self.resolver, request)
+
+    def preload(self) -> None:
+        import pydantic_ai.models.anthropic
+        import pydantic_ai.models.openai
+        import pydantic_ai.providers.anthropic
+        import pydantic_ai.providers.openai  # noqa: F401
+
+        import chambers.agent.openai_client  # noqa: F401
+
+    async def aclose(self) -> None:
+        """Nothing to close: pydantic-ai's providers keep their clients for the process's life."""
 
 
 class _Run:
@@ -130,8 +130,8 @@ class _Run:
         except RunCancelled as exc:
             yield LoopResult(
                 status="cancelled",
-                messages=_dump(exc.new_messages()),
-                calls=_calls(exc.new_messages(), resolved),
+                messages=dump_messages(exc.new_messages()),
+                calls=model_calls(exc.new_messages(), resolved),
             )
             return
         except UsageLimitExceeded as exc:
@@ -141,19 +141,23 @@ class _Run:
             raise
         except Exception as exc:
             log.warning("turn %s failed: %s", request.turn_id, scrub(f"{type(exc).__name__}: {exc}"))
-            yield LoopResult(status="failed", messages=[], error=_provider_error(exc))
+            yield LoopResult(status="failed", messages=[], error=provider_error(exc))
             return
-        calls = _calls(new, resolved)
+        calls = model_calls(new, resolved)
         if isinstance(output, DeferredToolRequests):
             questions = [
                 Question(
-                    c.tool_call_id, str(c.args_as_dict().get("question", "")), _options(c.args_as_dict())
+                    c.tool_call_id,
+                    str(c.args_as_dict().get("question", "")),
+                    question_options(c.args_as_dict()),
                 )
                 for c in output.calls
             ]
-            yield LoopResult(status="waiting", messages=_dump(new), calls=calls, questions=questions)
+            yield LoopResult(status="waiting", messages=dump_messages(new), calls=calls, questions=questions)
             return
-        yield LoopResult(status="completed", messages=_dump(new), output=str(output or ""), calls=calls)
+        yield LoopResult(
+            status="completed", messages=dump_messages(new), output=str(output or ""), calls=calls
+        )
 
 
 def _translate(event: Any) -> LoopEvent | None:
@@ -171,7 +175,7 @@ def _translate(event: Any) -> LoopEvent | None:
         if returned.tool_name == ASK_USER.name:
             return None
         text = returned.model_response_str()
-        return ToolFinished(returned.tool_call_id, returned.tool_name, text, not _is_error(returned.content))
+        return ToolFinished(returned.tool_call_id, returned.tool_name, text, not is_error(returned.content))
     return None
 
 
@@ -205,39 +209,3 @@ def _tool(spec: ToolSpec, request: TurnRequest) -> Tool[None]:
 
 async def _ask_user(**_kwargs: Any) -> str:
     raise CallDeferred(kind="question")
-
-
-def _is_error(content: Any) -> bool:
-    return isinstance(content, str) and content.startswith("error: ")
-
-
-def _options(args: dict[str, Any]) -> list[str]:
-    options = args.get("options")
-    return [str(o) for o in options][:20] if isinstance(options, list) else []
-
-
-def _dump(messages: list[ModelMessage]) -> list[Any]:
-    dumped: list[Any] = ModelMessagesTypeAdapter.dump_python(messages, mode="json")
-    return dumped
-
-
-def _calls(messages: list[ModelMessage], resolved: ResolvedModel) -> list[ModelCall]:
-    return [
-        ModelCall(
-            model=f"{resolved.provider}/{m.model_name or resolved.name}",
-            provider=resolved.provider,
-            endpoint=resolved.endpoint,
-            input_tokens=m.usage.input_tokens,
-            output_tokens=m.usage.output_tokens,
-            timestamp=m.timestamp,
-        )
-        for m in messages
-        if isinstance(m, ModelResponse)
-    ]
-
-
-def _provider_error(exc: Exception) -> dict[str, Any]:
-    status = getattr(exc, "status_code", None)
-    message = scrub(str(getattr(exc, "message", None) or exc))[:500]
-    detail = f"the model provider returned {status}: {message}" if status else f"model call failed: {message}"
-    return {"code": "PROVIDER_ERROR", "message": detail, **({"upstreamStatus": status} if status else {})}
