@@ -1,0 +1,260 @@
+"""What the provider wire formats share: a request, a response built from its stream, one HTTP client.
+
+Each wire format (`openai_wire`, `anthropic_wire`) turns a `WireRequest` into a JSON body and reads its
+streamed events one at a time into a `ResponseBuilder`. `ModelClient` owns the HTTP side: the POST,
+errors, retries of refused requests, and Server-Sent Events (httpx-sse). Messages are pydantic-ai's
+types, so histories written by either agent loop are read by both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+from httpx_sse import EventSource
+from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponsePart, TextPart, ToolCallPart
+from pydantic_ai.usage import RequestUsage
+
+from chambers.core.loop import TextDelta, TextStarted, ToolSpec
+
+_RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+_MAX_RETRIES = 2
+_MAX_RETRY_WAIT = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """One model request: the provider's model id, the whole conversation so far, tools and caps."""
+
+    model: str
+    messages: Sequence[ModelMessage]
+    instructions: str | None
+    tools: Sequence[ToolSpec]
+    max_tokens: int | None
+
+
+class ProviderError(Exception):
+    """The provider refused the request or broke off its stream; `status` is its HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status
+
+
+class ResponseBuilder:
+    """One streamed response's parts, in order, with usage and the model's name as reported."""
+
+    __slots__ = ("_calls", "_items", "_text", "finish_reason", "input_tokens", "model_name", "output_tokens")
+
+    def __init__(self) -> None:
+        self._items: list[list[str] | _Call] = []
+        self._text: list[str] | None = None
+        self._calls: dict[Any, _Call] = {}
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.model_name: str | None = None
+        self.finish_reason: str | None = None
+
+    def text(self, delta: str) -> TextStarted | TextDelta:
+        """Add streamed text; the first piece of a text part is a `TextStarted`."""
+        if self._text is None:
+            self._text = [delta]
+            self._items.append(self._text)
+            return TextStarted(delta)
+        self._text.append(delta)
+        return TextDelta(delta)
+
+    def end_text(self) -> None:
+        """Close the current text part: the next text starts a new one."""
+        self._text = None
+
+    def tool_call(
+        self, key: Any, call_id: str | None = None, name: str | None = None, args: str = ""
+    ) -> None:
+        """Start or continue the tool call known by `key` (an index or a block number)."""
+        call = self._calls.get(key)
+        if call is None:
+            if name is None:
+                return  # arguments of a call that never started (a provider's own tool): not ours to run
+            call = self._calls[key] = _Call(call_id, name)
+            self._items.append(call)
+            self._text = None
+        else:
+            call.id = call.id or call_id
+            call.name = call.name or name
+        if args:
+            call.args.append(args)
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self._items)
+
+    def response(self, provider: str, fallback_model: str) -> ModelResponse:
+        """The response as a pydantic-ai `ModelResponse`."""
+        parts: list[ModelResponsePart] = []
+        for item in self._items:
+            if isinstance(item, _Call):
+                parts.append(item.part())
+            elif item:
+                parts.append(TextPart(content="".join(item)))
+        return ModelResponse(
+            parts=parts,
+            usage=RequestUsage(input_tokens=self.input_tokens, output_tokens=self.output_tokens),
+            model_name=self.model_name or fallback_model,
+            timestamp=datetime.now(UTC),
+            provider_name=provider,
+            finish_reason=_finish_reason(self.finish_reason),
+        )
+
+
+class _Call:
+    __slots__ = ("args", "id", "name")
+
+    def __init__(self, call_id: str | None, name: str | None) -> None:
+        self.id = call_id
+        self.name = name
+        self.args: list[str] = []
+
+    def part(self) -> ToolCallPart:
+        part = ToolCallPart(tool_name=self.name or "", args="".join(self.args) or "{}")
+        if self.id:
+            part.tool_call_id = self.id
+        return part
+
+
+def _finish_reason(reason: str | None) -> Any:
+    return {
+        "stop": "stop",
+        "end_turn": "stop",
+        "stop_sequence": "stop",
+        "length": "length",
+        "max_tokens": "length",
+        "tool_calls": "tool_call",
+        "tool_use": "tool_call",
+        "content_filter": "content_filter",
+        "refusal": "content_filter",
+    }.get(reason or "")
+
+
+class WireFormat(Protocol):
+    """A provider's request body and streamed events."""
+
+    path: str
+    """Appended to the base URL, e.g. `/chat/completions`."""
+
+    def headers(self, api_key: str) -> dict[str, str]: ...
+
+    def body(self, request: WireRequest) -> dict[str, Any]: ...
+
+    def read(self, event: str, data: str, builder: ResponseBuilder) -> TextStarted | TextDelta | None:
+        """Take one SSE event into `builder`; return the text event it carries, if any. Raises
+        `ProviderError` for an error sent inside the stream."""
+        ...
+
+    def done(self, event: str, data: str) -> bool:
+        """Whether this event ends the stream."""
+        ...
+
+
+class ModelClient:
+    """Streams model requests to one provider endpoint (base URL and key) over one HTTP connection pool."""
+
+    def __init__(self, wire: WireFormat, base_url: str, api_key: str) -> None:
+        self.wire = wire
+        self.url = base_url.rstrip("/") + wire.path
+        self.headers = {**wire.headers(api_key), "accept": "text/event-stream"}
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(600.0, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        )
+
+    async def stream(
+        self, request: WireRequest, builder: ResponseBuilder
+    ) -> AsyncGenerator[TextStarted | TextDelta, None]:
+        """Send `request`; yield its text events while `builder` collects the whole response."""
+        content = json.dumps(self.wire.body(request), ensure_ascii=False, separators=(",", ":")).encode()
+        attempt = 0
+        while True:
+            try:
+                async with self.http.stream(
+                    "POST", self.url, content=content, headers=self.headers
+                ) as response:
+                    if response.status_code >= 400:
+                        body = await response.aread()
+                        if response.status_code in _RETRIED_STATUSES and attempt < _MAX_RETRIES:
+                            attempt += 1
+                            await asyncio.sleep(_retry_wait(response, attempt))
+                            continue
+                        raise ProviderError(
+                            _error_message(body, response.reason_phrase), response.status_code
+                        )
+                    wire = self.wire
+                    async for sse in EventSource(response).aiter_sse():
+                        if wire.done(sse.event, sse.data):
+                            return
+                        try:
+                            out = wire.read(sse.event, sse.data, builder)
+                        except (ValueError, LookupError, TypeError, AttributeError):
+                            raise ProviderError(
+                                "the model provider sent an event that could not be read"
+                            ) from None
+                        if out is not None:
+                            yield out
+                    if builder.finish_reason is None:
+                        # A clean close before the end marker and with no finish reason is a cut-off answer.
+                        raise ProviderError("the model provider's stream ended before the response did")
+                    return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Nothing reached the provider, so sending again cannot run a request twice.
+                if attempt >= _MAX_RETRIES:
+                    raise ProviderError(f"could not reach the model provider: {type(exc).__name__}") from None
+                attempt += 1
+                await asyncio.sleep(_backoff(attempt))
+            except httpx.TimeoutException:
+                raise ProviderError("the model provider timed out") from None
+            except httpx.TransportError as exc:
+                raise ProviderError(
+                    f"the connection to the model provider broke: {type(exc).__name__}"
+                ) from None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def _backoff(attempt: int) -> float:
+    wait: float = min(_MAX_RETRY_WAIT, 0.5 * 2.0 ** (attempt - 1))
+    return wait * (0.75 + random.random() / 4)
+
+
+def _retry_wait(response: httpx.Response, attempt: int) -> float:
+    header = response.headers.get("retry-after-ms") or ""
+    try:
+        if header:
+            return min(_MAX_RETRY_WAIT, float(header) / 1000)
+        header = response.headers.get("retry-after") or ""
+        if header:
+            return min(_MAX_RETRY_WAIT, float(header))
+    except ValueError:
+        pass
+    return _backoff(attempt)
+
+
+def _error_message(body: bytes, reason: str) -> str:
+    """The provider's own message from an error body (both formats put it at `error.message`)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:500] or reason
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return reason or "error"
