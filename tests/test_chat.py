@@ -116,7 +116,7 @@ def test_the_seeds_complete_example(admin: httpx.Client, upstream: FakeUpstream)
     assert admin.delete(f"/agent/v1/chat/{chat['id']}").json()["status"] == "ended"  # idempotent
 
 
-def test_openai_wire_format_through_the_real_sdk(admin: httpx.Client, upstream: FakeUpstream) -> None:
+def test_the_openai_wire_format_streams_text_and_usage(admin: httpx.Client, upstream: FakeUpstream) -> None:
     chat_id = new_chat(admin, model="openai/gpt-4o")
     upstream.script(Reply([Text("Hello from the OpenAI wire.", chunks=5)], usage=Usage(12, 7)))
     answer = say(admin, chat_id, "hi").json()

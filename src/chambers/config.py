@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     )
 
     default_model: str = "anthropic/claude-sonnet-4.6"
+    agent_loop: Literal["direct", "pydantic-ai"] = Field(
+        default="direct",
+        description="`direct`: Chambers' own streaming clients; `pydantic-ai`: pydantic-ai's agent and SDKs.",
+    )
     idle_timeout_default_ms: int = Field(default=900_000, ge=1)
     idle_timeout_min_ms: int = Field(default=60_000, ge=1)
     idle_timeout_max_ms: int = Field(default=86_400_000, ge=1)

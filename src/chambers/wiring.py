@@ -14,6 +14,7 @@ from chambers.core.clock import utcnow
 from chambers.core.controller import Controller
 from chambers.core.keys import KeyService
 from chambers.core.lifecycle import SessionLifecycle
+from chambers.core.loop import AgentLoop
 from chambers.core.overload import LoadGuard
 from chambers.core.ports import EventBus, ReplicaChannel, Store
 from chambers.core.reaper import Reaper
@@ -80,10 +81,10 @@ class Services:
     async def start(self) -> None:
         """Background duties of a serving process: recover interrupted turns, then run the reaper."""
         announce_sandbox(self.sandboxes)
-        from chambers.agent.models import preload_providers
-
         # After start-up, off the event loop: a server is healthy at once, and the first turn rarely waits.
-        self._background.append(asyncio.create_task(asyncio.to_thread(preload_providers), name="preload"))
+        self._background.append(
+            asyncio.create_task(asyncio.to_thread(self.runner.loop.preload), name="preload")
+        )
         await self.runner.recover()
         await self.lifecycle.recover()
         self.reaper.start()
@@ -108,9 +109,23 @@ class Services:
             await self.webhooks.close()
         await self.reaper.stop()
         await self.runner.shutdown()
+        await self.runner.loop.aclose()
         await self.sandboxes.close()
         await self.bus.close()
         await self.store.close()
+
+
+def build_agent_loop(settings: Settings) -> AgentLoop:
+    """The configured agent loop: Chambers' own clients, or pydantic-ai's agent (`agent_loop`)."""
+    if settings.agent_loop == "pydantic-ai":
+        from chambers.agent.loop import PydanticAgentLoop
+        from chambers.agent.models import ModelResolver
+
+        return PydanticAgentLoop(ModelResolver(settings))
+    from chambers.agent.direct import DirectAgentLoop
+    from chambers.agent.models import ClientResolver
+
+    return DirectAgentLoop(ClientResolver(settings))
 
 
 def build_sandboxes(settings: Settings) -> SessionSandboxes:
@@ -180,9 +195,6 @@ async def open_store(settings: Settings) -> Store:
 
 async def build_services(settings: Settings) -> Services:
     """Adapters and services for a serving process."""
-    from chambers.agent.loop import PydanticAgentLoop
-    from chambers.agent.models import ModelResolver
-
     store = await open_store(settings)
     bus = build_bus(settings)
     policy = TurnPolicy(
@@ -205,7 +217,7 @@ async def build_services(settings: Settings) -> Services:
     runner = TurnRunner(
         store,
         bus,
-        PydanticAgentLoop(ModelResolver(settings)),
+        build_agent_loop(settings),
         policy,
         sandbox=sandboxes,
         lifecycle=lifecycle,

@@ -104,12 +104,25 @@ class ModelResolver:
         )
 
 
-def preload_providers() -> None:
-    """Import the provider SDKs (seconds of work). Call it off the event loop at start, so the first
-    turn does not freeze every other request while they load."""
-    import pydantic_ai.models.anthropic
-    import pydantic_ai.models.openai
-    import pydantic_ai.providers.anthropic
-    import pydantic_ai.providers.openai  # noqa: F401
+class ClientResolver(ModelResolver):
+    """Resolves model strings to Chambers' own streaming clients (`DirectAgentLoop`), same keys and URLs."""
 
-    import chambers.agent.openai_client  # noqa: F401
+    def _build(self, provider: str, name: str, key: str, base: str | None) -> ResolvedModel:
+        from chambers.agent.wire import ModelClient
+
+        if provider == "anthropic":
+            from chambers.agent.anthropic_wire import AnthropicWire
+
+            client = ModelClient(AnthropicWire(), base or "https://api.anthropic.com", key)
+            return ResolvedModel(client, provider, name, "/v1/messages")
+        from chambers.agent.openai_wire import OpenAIWire
+
+        wire = OpenAIWire(max_completion_tokens=provider == "openai")
+        client = ModelClient(wire, base or "https://api.openai.com/v1", key)
+        return ResolvedModel(client, provider, name, "/v1/chat/completions")
+
+    async def aclose(self) -> None:
+        """Close the clients' connection pools."""
+        for resolved in self._cache.values():
+            await resolved.model.aclose()
+        self._cache.clear()

@@ -118,3 +118,10 @@ class LoopRun(Protocol):
 
 class AgentLoop(Protocol):
     def start(self, request: TurnRequest) -> LoopRun: ...
+    def preload(self) -> None:
+        """Import what a first turn needs (seconds for the provider SDKs); run off the event loop."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the loop holds open (connection pools); called once at shutdown."""
+        ...
