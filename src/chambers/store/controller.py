@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -73,6 +73,22 @@ def _grant(row: RowMapping) -> Grant:
     values = row_utc(row, "created_at", "expires_at", "revoked_at")
     values["capabilities"] = frozenset(values["capabilities"] or [])
     return Grant(**values)
+
+
+# A session-log entry is appended on every turn: its statements are built once and take their values as
+# parameters (see `store/sql.py`).
+_ADVANCE_CHAIN = (
+    update(audit_chains).where(audit_chains.c.id == bindparam("b_id")).values(seq=audit_chains.c.seq + 1)
+)
+_CHAIN_HEAD = select(audit_chains.c.seq, audit_chains.c.head_hash).where(
+    audit_chains.c.id == bindparam("b_id")
+)
+_INSERT_AUDIT_ENTRY = insert(audit_entries)
+_MOVE_CHAIN_HEAD = (
+    update(audit_chains)
+    .where(audit_chains.c.id == bindparam("b_id"))
+    .values(head_hash=bindparam("b_hash"), updated_at=bindparam("b_at"))
+)
 
 
 def _entry(row: RowMapping) -> AuditEntry:
@@ -360,26 +376,17 @@ class SqlControllerStore:
     # session log
 
     async def append_audit(self, chain_id: str, build: Callable[[int, str], AuditEntry]) -> AuditEntry:
-        # `build` (hash and sign the entry) runs inside the transaction, on SQLite in the writer thread:
-        # it is synchronous and needs the locked head's seq and hash.
+        # `build` (hash and sign the entry) runs inside the transaction: it is synchronous and needs the
+        # locked head's seq and hash.
         def append(conn: Connection) -> AuditEntry:
             # First statement: lock the head (row lock on PostgreSQL, write lock on SQLite).
-            locked = conn.execute(
-                update(audit_chains).where(audit_chains.c.id == chain_id).values(seq=audit_chains.c.seq + 1)
-            )
+            locked = conn.execute(_ADVANCE_CHAIN, {"b_id": chain_id})
             if locked.rowcount == 0:
                 raise NotFound(f"no session log chain {chain_id}")
-            head = conn.execute(
-                select(audit_chains.c.seq, audit_chains.c.head_hash).where(audit_chains.c.id == chain_id)
-            ).one()
+            head = conn.execute(_CHAIN_HEAD, {"b_id": chain_id}).one()
             entry = build(int(head.seq), str(head.head_hash))
-            values = {name: getattr(entry, name) for name in AuditEntry.__slots__}
-            conn.execute(insert(audit_entries).values(**values))
-            conn.execute(
-                update(audit_chains)
-                .where(audit_chains.c.id == chain_id)
-                .values(head_hash=entry.hash, updated_at=entry.created_at)
-            )
+            conn.execute(_INSERT_AUDIT_ENTRY, {name: getattr(entry, name) for name in AuditEntry.__slots__})
+            conn.execute(_MOVE_CHAIN_HEAD, {"b_id": chain_id, "b_hash": entry.hash, "b_at": entry.created_at})
             return entry
 
         return await self.db.write(append)

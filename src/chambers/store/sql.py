@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -253,36 +253,25 @@ class SqlStore:
 
     async def claim_turn(self, turn: Turn, user_message: Message, notices: Sequence[Notice] = ()) -> None:
         def claim(conn: Connection) -> None:
-            claimed = conn.execute(
-                update(chat_sessions)
-                .where(
-                    chat_sessions.c.id == turn.session_id,
-                    chat_sessions.c.active_turn_id.is_(None),
-                    chat_sessions.c.status != "ended",
-                )
-                .values(
-                    active_turn_id=turn.id,
-                    updated_at=turn.started_at,
-                    last_activity_at=turn.started_at,
-                    turn_count=chat_sessions.c.turn_count + 1,
-                )
-            )
+            at = turn.started_at
+            claimed = conn.execute(_CLAIM_SESSION, {"b_id": turn.session_id, "b_turn": turn.id, "b_at": at})
             if claimed.rowcount == 0:
                 refuse_claim(conn, turn.session_id)
-            conn.execute(insert(messages).values(**_message_values(user_message)))
+            conn.execute(_INSERT_MESSAGE, _message_values(user_message))
             conn.execute(
-                insert(turns).values(
-                    id=turn.id,
-                    session_id=turn.session_id,
-                    org_id=turn.org_id,
-                    status=turn.status,
-                    model=turn.model,
-                    user_message_id=turn.user_message_id,
-                    idempotency_key=turn.idempotency_key,
-                    started_at=turn.started_at,
-                    owner=turn.owner,
-                    lease_until=turn.lease_until,
-                )
+                _INSERT_TURN,
+                {
+                    "id": turn.id,
+                    "session_id": turn.session_id,
+                    "org_id": turn.org_id,
+                    "status": turn.status,
+                    "model": turn.model,
+                    "user_message_id": turn.user_message_id,
+                    "idempotency_key": turn.idempotency_key,
+                    "started_at": at,
+                    "owner": turn.owner,
+                    "lease_until": turn.lease_until,
+                },
             )
             write_notices(conn, notices)
 
@@ -318,36 +307,33 @@ class SqlStore:
                 if closed.rowcount == 0:
                     return False
             if outcome.assistant_message is not None:
-                conn.execute(insert(messages).values(**_message_values(outcome.assistant_message)))
+                conn.execute(_INSERT_MESSAGE, _message_values(outcome.assistant_message))
             if outcome.usage:
                 conn.execute(insert(usage_entries), [_usage_values(e) for e in outcome.usage])
             conn.execute(
-                update(turns)
-                .where(turns.c.id == outcome.turn_id)
-                .values(
-                    status=outcome.status,
-                    ended_at=outcome.ended_at,
-                    error=outcome.error,
-                    response=outcome.response,
-                    model_messages=outcome.model_messages,
-                    pending=None,
-                    assistant_message_id=outcome.assistant_message.id if outcome.assistant_message else None,
-                )
+                _FINISH_TURN,
+                {
+                    "b_id": outcome.turn_id,
+                    "status": outcome.status,
+                    "ended_at": outcome.ended_at,
+                    "error": outcome.error,
+                    "response": outcome.response,
+                    "model_messages": outcome.model_messages,
+                    "assistant_message_id": outcome.assistant_message.id
+                    if outcome.assistant_message
+                    else None,
+                },
             )
             conn.execute(
-                update(chat_sessions)
-                .where(chat_sessions.c.id == outcome.session_id)
-                .values(
-                    active_turn_id=None,
-                    updated_at=outcome.ended_at,
-                    last_activity_at=outcome.ended_at,
-                    input_tokens=chat_sessions.c.input_tokens + inputs,
-                    output_tokens=chat_sessions.c.output_tokens + outputs,
-                    cost_micros=chat_sessions.c.cost_micros + cost,
-                    event_seq=func.max(chat_sessions.c.event_seq, outcome.event_seq)
-                    if self.dialect == "sqlite"
-                    else func.greatest(chat_sessions.c.event_seq, outcome.event_seq),
-                )
+                _RELEASE_SESSION[self.dialect == "sqlite"],
+                {
+                    "b_id": outcome.session_id,
+                    "b_at": outcome.ended_at,
+                    "b_inputs": inputs,
+                    "b_outputs": outputs,
+                    "b_cost": cost,
+                    "b_seq": outcome.event_seq,
+                },
             )
             write_notices(conn, outcome.notices)
             return True
@@ -381,27 +367,12 @@ class SqlStore:
         Returns whether it worked and who owned it before."""
 
         def take(conn: Connection) -> tuple[bool, str | None]:
-            row = (
-                conn.execute(
-                    select(chat_sessions.c.owner, chat_sessions.c.owner_until).where(
-                        chat_sessions.c.id == session_id
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            row = conn.execute(_SESSION_OWNER, {"b_id": session_id}).first()
             if row is None:
                 return False, None
-            previous = row["owner"]
+            previous: str | None = row[0]
             result = conn.execute(
-                update(chat_sessions)
-                .where(
-                    chat_sessions.c.id == session_id,
-                    chat_sessions.c.owner.is_(None)
-                    | (chat_sessions.c.owner == owner)
-                    | (chat_sessions.c.owner_until < now),
-                )
-                .values(owner=owner, owner_until=until)
+                _TAKE_SESSION, {"b_id": session_id, "b_owner": owner, "b_until": until, "b_now": now}
             )
             return result.rowcount > 0, previous
 
@@ -516,6 +487,58 @@ def refuse_claim(conn: Connection, session_id: str, retry_after_s: int = 0) -> N
     raise TurnConflict(row["active_turn_id"] or "", retry_after_s)
 
 
+# The statements of a turn's hot path, built once: values go in as parameters, so SQLAlchemy neither
+# coerces each value into a bound parameter nor computes a new cache key per call (about 0.5 ms of a
+# turn claim's 0.86 ms on the benchmark machine).
+_INSERT_MESSAGE = insert(messages)
+_INSERT_TURN = insert(turns)
+_INSERT_OUTBOX_EVENT = insert(outbox_events)
+_CLAIM_SESSION = (
+    update(chat_sessions)
+    .where(
+        chat_sessions.c.id == bindparam("b_id"),
+        chat_sessions.c.active_turn_id.is_(None),
+        chat_sessions.c.status != "ended",
+    )
+    .values(
+        active_turn_id=bindparam("b_turn"),
+        updated_at=bindparam("b_at"),
+        last_activity_at=bindparam("b_at"),
+        turn_count=chat_sessions.c.turn_count + 1,
+    )
+)
+_FINISH_TURN = update(turns).where(turns.c.id == bindparam("b_id")).values(pending=None)
+_RELEASE_SESSION = {
+    sqlite: update(chat_sessions)
+    .where(chat_sessions.c.id == bindparam("b_id"))
+    .values(
+        active_turn_id=None,
+        updated_at=bindparam("b_at"),
+        last_activity_at=bindparam("b_at"),
+        input_tokens=chat_sessions.c.input_tokens + bindparam("b_inputs"),
+        output_tokens=chat_sessions.c.output_tokens + bindparam("b_outputs"),
+        cost_micros=chat_sessions.c.cost_micros + bindparam("b_cost"),
+        # Two-argument max() is SQLite's; PostgreSQL calls it greatest().
+        event_seq=(func.max if sqlite else func.greatest)(chat_sessions.c.event_seq, bindparam("b_seq")),
+    )
+    for sqlite in (True, False)
+}
+_SESSION_OWNER = select(chat_sessions.c.owner).where(chat_sessions.c.id == bindparam("b_id"))
+_TAKE_SESSION = (
+    update(chat_sessions)
+    .where(
+        chat_sessions.c.id == bindparam("b_id"),
+        chat_sessions.c.owner.is_(None)
+        | (chat_sessions.c.owner == bindparam("b_owner"))
+        | (chat_sessions.c.owner_until < bindparam("b_now")),
+    )
+    .values(owner=bindparam("b_owner"), owner_until=bindparam("b_until"))
+)
+_ACTIVE_SUBSCRIPTIONS = select(webhook_subscriptions.c.id, webhook_subscriptions.c.event_types).where(
+    webhook_subscriptions.c.org_id == bindparam("b_org"), webhook_subscriptions.c.status == "active"
+)
+
+
 def write_notices(conn: Connection, notices: Sequence[Notice]) -> None:
     """The outbox: each notice becomes an event plus one delivery per matching active subscription."""
     if not notices:
@@ -524,25 +547,21 @@ def write_notices(conn: Connection, notices: Sequence[Notice]) -> None:
     subscriptions: dict[str, list[tuple[str, list[str]]]] = {}
     for notice in notices:
         if notice.org_id not in subscriptions:
-            rows = conn.execute(
-                select(webhook_subscriptions.c.id, webhook_subscriptions.c.event_types).where(
-                    webhook_subscriptions.c.org_id == notice.org_id,
-                    webhook_subscriptions.c.status == "active",
-                )
-            )
+            rows = conn.execute(_ACTIVE_SUBSCRIPTIONS, {"b_org": notice.org_id})
             subscriptions[notice.org_id] = [(r.id, list(r.event_types or [])) for r in rows]
         event_id = new_id("evt")
         at = notice.at or now
         payload = {"type": notice.type, "timestamp": iso(at), "data": notice.data}
         conn.execute(
-            insert(outbox_events).values(
-                id=event_id,
-                org_id=notice.org_id,
-                type=notice.type,
-                session_id=notice.session_id,
-                payload=payload,
-                created_at=at,
-            )
+            _INSERT_OUTBOX_EVENT,
+            {
+                "id": event_id,
+                "org_id": notice.org_id,
+                "type": notice.type,
+                "session_id": notice.session_id,
+                "payload": payload,
+                "created_at": at,
+            },
         )
         targets = [sid for sid, types in subscriptions[notice.org_id] if not types or notice.type in types]
         if targets:
