@@ -9,6 +9,7 @@ types, so histories written by either agent loop are read by both.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 from collections.abc import AsyncGenerator, Sequence
@@ -26,6 +27,8 @@ from chambers.core.loop import TextDelta, TextStarted, ToolSpec
 _RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _MAX_RETRIES = 2
 _MAX_RETRY_WAIT = 8.0
+_POOLS = 16
+_KEEPALIVE_PER_POOL = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +173,19 @@ class ModelClient:
         self.wire = wire
         self.url = base_url.rstrip("/") + wire.path
         self.headers = {**wire.headers(api_key), "accept": "text/event-stream"}
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(600.0, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-        )
+        # Several pools, taken in turn: each of httpcore's pool operations walks every connection of its
+        # pool, once per connection when some are idle, so one pool under 100 streams spent more CPU on
+        # its own bookkeeping than on the streams (docs/benchmarks.md, profile step 9).
+        verify = httpx.create_ssl_context()  # one context for every pool: each costs a CA bundle load
+        self._pools = [
+            httpx.AsyncClient(
+                verify=verify,
+                timeout=httpx.Timeout(600.0, connect=10.0),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_PER_POOL),
+            )
+            for _ in range(_POOLS)
+        ]
+        self._next_pool = itertools.cycle(self._pools)
 
     async def stream(
         self, request: WireRequest, builder: ResponseBuilder
@@ -183,9 +195,8 @@ class ModelClient:
         attempt = 0
         while True:
             try:
-                async with self.http.stream(
-                    "POST", self.url, content=content, headers=self.headers
-                ) as response:
+                http = next(self._next_pool)
+                async with http.stream("POST", self.url, content=content, headers=self.headers) as response:
                     if response.status_code >= 400:
                         body = await response.aread()
                         if response.status_code in _RETRIED_STATUSES and attempt < _MAX_RETRIES:
@@ -196,9 +207,13 @@ class ModelClient:
                             _error_message(body, response.reason_phrase), response.status_code
                         )
                     wire = self.wire
+                    ended = False
                     async for sse in EventSource(response).aiter_sse():
+                        if ended:
+                            continue  # read to the end, so the connection goes back to the pool
                         if wire.done(sse.event, sse.data):
-                            return
+                            ended = True
+                            continue
                         try:
                             out = wire.read(sse.event, sse.data, builder)
                         except (ValueError, LookupError, TypeError, AttributeError):
@@ -207,7 +222,7 @@ class ModelClient:
                             ) from None
                         if out is not None:
                             yield out
-                    if builder.finish_reason is None:
+                    if not ended and builder.finish_reason is None:
                         # A clean close before the end marker and with no finish reason is a cut-off answer.
                         raise ProviderError("the model provider's stream ended before the response did")
                     return
@@ -225,7 +240,8 @@ class ModelClient:
                 ) from None
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for http in self._pools:
+            await http.aclose()
 
 
 def _backoff(attempt: int) -> float:
