@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from operator import eq, is_
 from typing import Any
 
+from chambers.bus.queues import HEARTBEAT, take
 from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 
 _CLOSED = object()
@@ -171,9 +172,8 @@ class MemoryEventBus:
             if replay is not None:
                 yield replay
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), heartbeat_s)
-                except TimeoutError:
+                item = await take(queue, heartbeat_s)
+                if item is HEARTBEAT:
                     yield None
                     continue
                 if item is _CLOSED:

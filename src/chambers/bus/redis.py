@@ -36,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chambers.bus.queues import HEARTBEAT, take
 from chambers.core.errors import Unavailable
 from chambers.core.events import Event, Replay
 
@@ -242,9 +243,8 @@ class RedisEventBus:
             if replay is not None:
                 yield replay
             while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), heartbeat_s)
-                except TimeoutError:
+                item = await take(queue, heartbeat_s)
+                if item is HEARTBEAT:
                     yield None
                     continue
                 if item is _CLOSED:
