@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,9 +83,7 @@ class Services:
         """Background duties of a serving process: recover interrupted turns, then run the reaper."""
         announce_sandbox(self.sandboxes)
         # After start-up, off the event loop: a server is healthy at once, and the first turn rarely waits.
-        self._background.append(
-            asyncio.create_task(asyncio.to_thread(self.runner.loop.preload), name="preload")
-        )
+        self._background.append(asyncio.create_task(self._preload(), name="preload"))
         await self.runner.recover()
         await self.lifecycle.recover()
         self.reaper.start()
@@ -97,6 +96,12 @@ class Services:
             await self.run_pool.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+
+    async def _preload(self) -> None:
+        await asyncio.to_thread(self.runner.loop.preload)
+        # What is loaded by now (modules, the app, the agent loop) lives as long as the process. Frozen,
+        # the collector stops walking it in every full collection, each a stall of all streams.
+        gc.freeze()
 
     async def close(self) -> None:
         if self.run_pool is not None:  # runs: first, so shutdown's cancelled turns are retried later
