@@ -2,23 +2,21 @@
 
 Each wire format (`openai_wire`, `anthropic_wire`) turns a `WireRequest` into a JSON body and reads its
 streamed events one at a time into a `ResponseBuilder`. `ModelClient` owns the HTTP side: the POST,
-errors, retries of refused requests, and Server-Sent Events (httpx-sse). Messages are pydantic-ai's
-types, so histories written by either agent loop are read by both.
+errors, retries of refused requests, and Server-Sent Events (aiohttp, and a small SSE decoder).
+Messages are pydantic-ai's types, so histories written by either agent loop are read by both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import random
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import httpx
-from httpx_sse import EventSource
+import aiohttp
 from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponsePart, TextPart, ToolCallPart
 from pydantic_ai.usage import RequestUsage
 
@@ -27,8 +25,6 @@ from chambers.core.loop import TextDelta, TextStarted, ToolSpec
 _RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 _MAX_RETRIES = 2
 _MAX_RETRY_WAIT = 8.0
-_POOLS = 16
-_KEEPALIVE_PER_POOL = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,81 +163,118 @@ class WireFormat(Protocol):
 
 
 class ModelClient:
-    """Streams model requests to one provider endpoint (base URL and key) over one HTTP connection pool."""
+    """Streams model requests to one provider endpoint (base URL and key) over one connection pool.
+
+    On aiohttp, whose HTTP parser is C: reading a streamed event cost 61-65 µs of CPU through httpx and
+    httpx-sse and 12 µs here (40 streams of one event every 2 ms; docs/benchmarks.md, profile step 10).
+    """
 
     def __init__(self, wire: WireFormat, base_url: str, api_key: str) -> None:
         self.wire = wire
         self.url = base_url.rstrip("/") + wire.path
         self.headers = {**wire.headers(api_key), "accept": "text/event-stream"}
-        # Several pools, taken in turn: each of httpcore's pool operations walks every connection of its
-        # pool, once per connection when some are idle, so one pool under 100 streams spent more CPU on
-        # its own bookkeeping than on the streams (docs/benchmarks.md, profile step 9).
-        verify = httpx.create_ssl_context()  # one context for every pool: each costs a CA bundle load
-        self._pools = [
-            httpx.AsyncClient(
-                verify=verify,
-                timeout=httpx.Timeout(600.0, connect=10.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_PER_POOL),
+        self._http: aiohttp.ClientSession | None = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        # Made on first use: a session belongs to the running event loop.
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600),
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as the provider SDKs honoured them
+                raise_for_status=False,
             )
-            for _ in range(_POOLS)
-        ]
-        self._next_pool = itertools.cycle(self._pools)
+        return self._http
 
     async def stream(
         self, request: WireRequest, builder: ResponseBuilder
     ) -> AsyncGenerator[TextStarted | TextDelta, None]:
         """Send `request`; yield its text events while `builder` collects the whole response."""
         content = json.dumps(self.wire.body(request), ensure_ascii=False, separators=(",", ":")).encode()
+        wire = self.wire
         attempt = 0
         while True:
             try:
-                http = next(self._next_pool)
-                async with http.stream("POST", self.url, content=content, headers=self.headers) as response:
-                    if response.status_code >= 400:
-                        body = await response.aread()
-                        if response.status_code in _RETRIED_STATUSES and attempt < _MAX_RETRIES:
+                async with self._session().post(self.url, data=content, headers=self.headers) as response:
+                    if response.status >= 400:
+                        body = await response.read()
+                        if response.status in _RETRIED_STATUSES and attempt < _MAX_RETRIES:
                             attempt += 1
-                            await asyncio.sleep(_retry_wait(response, attempt))
+                            await asyncio.sleep(_retry_wait(response.headers, attempt))
                             continue
-                        raise ProviderError(
-                            _error_message(body, response.reason_phrase), response.status_code
-                        )
-                    wire = self.wire
+                        raise ProviderError(_error_message(body, response.reason or ""), response.status)
+                    decoder = SseDecoder()
                     ended = False
-                    async for sse in EventSource(response).aiter_sse():
+                    async for chunk in response.content.iter_any():
                         if ended:
                             continue  # read to the end, so the connection goes back to the pool
-                        if wire.done(sse.event, sse.data):
-                            ended = True
-                            continue
-                        try:
-                            out = wire.read(sse.event, sse.data, builder)
-                        except (ValueError, LookupError, TypeError, AttributeError):
-                            raise ProviderError(
-                                "the model provider sent an event that could not be read"
-                            ) from None
-                        if out is not None:
-                            yield out
+                        for event, data in decoder.feed(chunk):
+                            if ended:
+                                break
+                            if wire.done(event, data):
+                                ended = True
+                                continue
+                            try:
+                                out = wire.read(event, data, builder)
+                            except (ValueError, LookupError, TypeError, AttributeError):
+                                raise ProviderError(
+                                    "the model provider sent an event that could not be read"
+                                ) from None
+                            if out is not None:
+                                yield out
                     if not ended and builder.finish_reason is None:
                         # A clean close before the end marker and with no finish reason is a cut-off answer.
                         raise ProviderError("the model provider's stream ended before the response did")
                     return
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except aiohttp.ClientConnectorError as exc:
                 # Nothing reached the provider, so sending again cannot run a request twice.
                 if attempt >= _MAX_RETRIES:
                     raise ProviderError(f"could not reach the model provider: {type(exc).__name__}") from None
                 attempt += 1
                 await asyncio.sleep(_backoff(attempt))
-            except httpx.TimeoutException:
+            except TimeoutError:
                 raise ProviderError("the model provider timed out") from None
-            except httpx.TransportError as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 raise ProviderError(
                     f"the connection to the model provider broke: {type(exc).__name__}"
                 ) from None
 
     async def aclose(self) -> None:
-        for http in self._pools:
-            await http.aclose()
+        if self._http is not None:
+            await self._http.close()
+
+
+class SseDecoder:
+    """Server-Sent Events from a byte stream, as `(event, data)` pairs (lines end in LF or CRLF)."""
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        """The events that `chunk` completes; the rest waits for the next chunk."""
+        lines = (self._buffer + chunk).split(b"\n")
+        self._buffer = lines.pop()
+        events: list[tuple[str, str]] = []
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:  # a blank line dispatches the event; one with no data is none
+                if self._data:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                self._event, self._data = "", []
+                continue
+            field, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if field == b"data":
+                self._data.append(value.decode("utf-8", "replace"))
+            elif field == b"event":
+                self._event = value.decode("utf-8", "replace")
+            # `id`, `retry` and comments (an empty field name) mean nothing to a model stream.
+        return events
 
 
 def _backoff(attempt: int) -> float:
@@ -249,12 +282,12 @@ def _backoff(attempt: int) -> float:
     return wait * (0.75 + random.random() / 4)
 
 
-def _retry_wait(response: httpx.Response, attempt: int) -> float:
-    header = response.headers.get("retry-after-ms") or ""
+def _retry_wait(headers: Mapping[str, str], attempt: int) -> float:
+    header = headers.get("retry-after-ms") or ""
     try:
         if header:
             return min(_MAX_RETRY_WAIT, float(header) / 1000)
-        header = response.headers.get("retry-after") or ""
+        header = headers.get("retry-after") or ""
         if header:
             return min(_MAX_RETRY_WAIT, float(header))
     except ValueError:
