@@ -84,6 +84,7 @@ _CHAIN_HEAD = select(audit_chains.c.seq, audit_chains.c.head_hash).where(
     audit_chains.c.id == bindparam("b_id")
 )
 _INSERT_AUDIT_ENTRY = insert(audit_entries)
+_AGENT = select(agents).where(agents.c.id == bindparam("b_id"))
 _MOVE_CHAIN_HEAD = (
     update(audit_chains)
     .where(audit_chains.c.id == bindparam("b_id"))
@@ -139,7 +140,7 @@ class SqlControllerStore:
         return agent
 
     async def get_agent(self, agent_id: str) -> Agent | None:
-        return await self._one(select(agents).where(agents.c.id == agent_id), _agent)
+        return await read_one(self.db, _AGENT, _agent, {"b_id": agent_id})
 
     async def agent_by_did(self, org_id: str, did: str) -> Agent | None:
         return await self._one(select(agents).where(agents.c.did == did, agents.c.org_id == org_id), _agent)

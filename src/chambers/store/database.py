@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -221,15 +221,25 @@ class AsyncDatabase:
         await self.engine.dispose()
 
 
-async def read_one(db: Database, query: Executable, convert: Callable[[RowMapping], T]) -> T | None:
-    """The first row of `query`, converted, or None."""
-    row = await db.read(lambda conn: conn.execute(query).mappings().first())
+async def read_one(
+    db: Database,
+    query: Executable,
+    convert: Callable[[RowMapping], T],
+    params: Mapping[str, Any] | None = None,
+) -> T | None:
+    """The first row of `query` (with `params` for its bound parameters), converted, or None."""
+    row = await db.read(lambda conn: conn.execute(query, params).mappings().first())
     return None if row is None else convert(row)
 
 
-async def read_all(db: Database, query: Executable, convert: Callable[[RowMapping], T]) -> list[T]:
-    """Every row of `query`, converted."""
-    rows = await db.read(lambda conn: conn.execute(query).mappings().all())
+async def read_all(
+    db: Database,
+    query: Executable,
+    convert: Callable[[RowMapping], T],
+    params: Mapping[str, Any] | None = None,
+) -> list[T]:
+    """Every row of `query` (with `params` for its bound parameters), converted."""
+    rows = await db.read(lambda conn: conn.execute(query, params).mappings().all())
     return [convert(r) for r in rows]
 
 

@@ -149,7 +149,7 @@ class SqlStore:
         return key
 
     async def find_api_key(self, key_hash: str) -> ApiKey | None:
-        return await self._one(select(api_keys).where(api_keys.c.key_hash == key_hash), _key)
+        return await read_one(self.db, _KEY_BY_HASH, _key, {"b_hash": key_hash})
 
     async def list_api_keys(self, org_id: str | None = None) -> list[ApiKey]:
         query = select(api_keys).order_by(api_keys.c.id)
@@ -174,16 +174,15 @@ class SqlStore:
         values = {name: getattr(session, name) for name in ChatSession.__slots__}
 
         def create(conn: Connection) -> None:
-            conn.execute(insert(chat_sessions).values(**values))
+            conn.execute(_INSERT_SESSION, values)
             write_notices(conn, notices)
 
         await self.db.write(create)
 
     async def get_session(self, session_id: str, org_id: str | None = None) -> ChatSession | None:
-        query = select(chat_sessions).where(chat_sessions.c.id == session_id)
-        if org_id is not None:
-            query = query.where(chat_sessions.c.org_id == org_id)
-        return await self._one(query, _session)
+        if org_id is None:
+            return await read_one(self.db, _SESSION, _session, {"b_id": session_id})
+        return await read_one(self.db, _ORG_SESSION, _session, {"b_id": session_id, "b_org": org_id})
 
     async def list_sessions(
         self,
@@ -426,12 +425,8 @@ class SqlStore:
         return await self._all(query, _turn)
 
     async def turn_history(self, session_id: str) -> list[Any]:
-        query = (
-            select(turns.c.model_messages)
-            .where(turns.c.session_id == session_id, turns.c.model_messages.is_not(None))
-            .order_by(turns.c.id)
-        )
-        rows = await self.db.read(lambda conn: conn.execute(query).scalars().all())
+        params = {"b_id": session_id}
+        rows = await self.db.read(lambda conn: conn.execute(_HISTORY, params).scalars().all())
         history: list[Any] = []
         for chunk in rows:
             history.extend(chunk or [])
@@ -490,6 +485,15 @@ def refuse_claim(conn: Connection, session_id: str, retry_after_s: int = 0) -> N
 # The statements of a turn's hot path, built once: values go in as parameters, so SQLAlchemy neither
 # coerces each value into a bound parameter nor computes a new cache key per call (about 0.5 ms of a
 # turn claim's 0.86 ms on the benchmark machine).
+_KEY_BY_HASH = select(api_keys).where(api_keys.c.key_hash == bindparam("b_hash"))
+_INSERT_SESSION = insert(chat_sessions)
+_SESSION = select(chat_sessions).where(chat_sessions.c.id == bindparam("b_id"))
+_ORG_SESSION = _SESSION.where(chat_sessions.c.org_id == bindparam("b_org"))
+_HISTORY = (
+    select(turns.c.model_messages)
+    .where(turns.c.session_id == bindparam("b_id"), turns.c.model_messages.is_not(None))
+    .order_by(turns.c.id)
+)
 _INSERT_MESSAGE = insert(messages)
 _INSERT_TURN = insert(turns)
 _INSERT_OUTBOX_EVENT = insert(outbox_events)
