@@ -17,9 +17,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def encode(event: Event) -> bytes:
-    """`event: …`, `data: …`, `id: <seq>`, computed once per event."""
+    """`event: …`, `data: …`, `id: <seq>`, computed once per event.
+
+    Written out, not with `format_sse_event`: that splits the data into lines, and a streamed part's
+    data holds its whole text so far. JSON has no raw line breaks, so `data:` is one line.
+    """
     if event.wire is None:
-        event.wire = format_sse_event(data_str=event.json, event=event.type, id=str(event.seq))
+        event.wire = f"event: {event.type}\ndata: {event.json}\nid: {event.seq}\n\n".encode()
     return event.wire
 
 

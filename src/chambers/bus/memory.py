@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from operator import eq, is_
 from typing import Any
 
-from chambers.bus.queues import HEARTBEAT, take
+from chambers.bus.queues import HEARTBEAT, Heartbeat, take
 from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 
 _CLOSED = object()
@@ -168,18 +168,21 @@ class MemoryEventBus:
         # Registering and taking the replay happen with no await between them: nothing can slip through.
         log.subscribers.add(queue)
         replay = log.replay(after_seq) if after_seq is not None else None
+        beat = Heartbeat(queue, heartbeat_s)
         try:
             if replay is not None:
                 yield replay
             while True:
-                item = await take(queue, heartbeat_s)
+                item = await take(queue)
                 if item is HEARTBEAT:
                     yield None
                     continue
+                beat.quiet = False
                 if item is _CLOSED:
                     return
                 yield item
         finally:
+            beat.stop()
             log.subscribers.discard(queue)
 
     async def last_seq(self, session_id: str) -> int:

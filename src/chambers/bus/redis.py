@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from chambers.bus.queues import HEARTBEAT, take
+from chambers.bus.queues import HEARTBEAT, Heartbeat, take
 from chambers.core.errors import Unavailable
 from chambers.core.events import Event, Replay
 
@@ -239,14 +239,16 @@ class RedisEventBus:
         # The reader may still be behind `after_seq` when this subscriber joins: what it then delivers
         # up to there, the subscriber already has.
         floor = after_seq if after_seq is not None else -1
+        beat = Heartbeat(queue, heartbeat_s)
         try:
             if replay is not None:
                 yield replay
             while True:
-                item = await take(queue, heartbeat_s)
+                item = await take(queue)
                 if item is HEARTBEAT:
                     yield None
                     continue
+                beat.quiet = False
                 if item is _CLOSED:
                     return
                 if isinstance(item, _Failure):
@@ -258,6 +260,7 @@ class RedisEventBus:
                 floor = item.seq
                 yield item
         finally:
+            beat.stop()
             self._leave(session_id, follow, queue)
 
     async def last_seq(self, session_id: str) -> int:
