@@ -257,8 +257,12 @@ async def open_loop(
     return streams, shape
 
 
-async def closed_loop(workers: int, duration: float, op: Callable[[], Awaitable[bool]]) -> dict[str, Any]:
-    """`workers` loops doing `op` back to back for `duration` seconds: throughput and latency."""
+async def closed_loop(
+    workers: int, duration: float, op: Callable[[], Awaitable[bool | None]]
+) -> dict[str, Any]:
+    """`workers` loops doing `op` back to back for `duration` seconds: throughput and latency.
+
+    `op` returns whether it worked, or None when it has nothing left to do (that worker stops)."""
     latencies: list[float] = []
     failures = 0
     stop_at = now() + duration
@@ -271,6 +275,8 @@ async def closed_loop(workers: int, duration: float, op: Callable[[], Awaitable[
                 ok = await op()
             except httpx.HTTPError:
                 ok = False
+            if ok is None:
+                return
             if ok:
                 latencies.append(now() - t)
             else:
@@ -680,9 +686,9 @@ async def rates(sc: Scenario) -> dict[str, Any]:
     async def plain_completion() -> bool:
         return (await sc.direct.pick().post("/v1/chat/completions", json=PLAIN_BODY)).status_code == 200
 
-    async def turn() -> bool:
+    async def turn() -> bool | None:
         if not sessions:
-            return False
+            return None  # every fresh session was used: the run says so in `sessions_left`
         resp = await sc.chambers.pick().post(f"/agent/v1/chat/{sessions.pop()}/message", json=TURN_BODY)
         return resp.status_code == 200
 

@@ -101,12 +101,15 @@ def contention(doc: dict[str, Any]) -> str:
 
 
 def failures(doc: dict[str, Any]) -> list[str]:
-    """One line per scenario that failed."""
-    return [
-        f"{name} failed: {str(found['error']).splitlines()[0]}"
-        for name, found in doc["raw"].items()
-        if isinstance(found, dict) and "error" in found
+    """One line per scenario that failed, or whose figures its own set-up capped."""
+    found = [
+        f"{name} failed: {str(result['error']).splitlines()[0]}"
+        for name, result in doc["raw"].items()
+        if isinstance(result, dict) and "error" in result
     ]
+    if _ok(doc["raw"], "rates").get("sessions_left") == 0:
+        found.append("rates: the turns used every fresh session before the time was up; raise turn_sessions")
+    return found
 
 
 def summary(doc: dict[str, Any]) -> list[Row]:

@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "turn_overhead": {"rates": [4], "target_rate": 20, "duration_s": 3, "reps": 1, "warmup_turns": 8},
         "capacity": {"levels": [20], "reps": 1, "idle_sessions": 100, "memory_streams": 40},
         "fanout": {"subscribers": [100], "reps": 1},
-        "rates": {"workers": 16, "duration_s": 1.5, "reps": 1, "turn_sessions": 80},
+        "rates": {"workers": 16, "duration_s": 1.5, "reps": 1, "turn_sessions": 600},
         "sandbox": {"starts": 10, "round_trips": 200, "snapshot_reps": {"1": 5, "100": 1}, "resumes": 4},
         "replicas": {**REPLICAS, "sessions": 8, "turns": 5, "reps": 1},
     },
@@ -78,7 +78,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "memory_streams": 200,
         },
         "fanout": {"subscribers": [1, 10, 100, 300], "reps": 3},
-        "rates": {"workers": 16, "duration_s": 5, "reps": 3, "turn_sessions": 600},
+        # One fresh session per turn: enough for 3 x 5 s at 300 turns/s.
+        "rates": {"workers": 16, "duration_s": 5, "reps": 3, "turn_sessions": 4500},
         "sandbox": {"starts": 50, "round_trips": 1000, "snapshot_reps": {"1": 20, "100": 5}, "resumes": 20},
         "replicas": {**REPLICAS, "sessions": 16, "turns": 10, "reps": 3},
     },
