@@ -22,14 +22,12 @@ from pydantic_ai.messages import (
 
 from chambers.agent.anthropic_wire import AnthropicWire
 from chambers.agent.wire import ProviderError, ResponseBuilder, WireFormat, WireRequest
-from chambers.core.loop import TextDelta, TextStarted, ToolSpec
+from chambers.core.loop import TextDelta, TextStarted
+from tests.support.wire import SHELL, wire_request
 
-SHELL = ToolSpec("shell", "Run a command.", {"type": "object", "properties": {"command": {"type": "string"}}})
 
-
-def _request(messages: list[ModelMessage], **kwargs: Any) -> WireRequest:
-    fields: dict[str, Any] = {"instructions": None, "tools": (), "max_tokens": None, **kwargs}
-    return WireRequest(model="claude-sonnet-4-6", messages=messages, **fields)
+def _request(messages: list[ModelMessage], **fields: Any) -> WireRequest:
+    return wire_request("claude-sonnet-4-6", messages, **fields)
 
 
 def test_a_history_maps_to_a_messages_body() -> None:

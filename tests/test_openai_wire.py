@@ -19,14 +19,12 @@ from pydantic_ai.messages import (
 
 from chambers.agent.openai_wire import OpenAIWire
 from chambers.agent.wire import ProviderError, ResponseBuilder, WireRequest
-from chambers.core.loop import TextDelta, TextStarted, ToolSpec
+from chambers.core.loop import TextDelta, TextStarted
+from tests.support.wire import SHELL, wire_request
 
-SHELL = ToolSpec("shell", "Run a command.", {"type": "object", "properties": {"command": {"type": "string"}}})
 
-
-def _request(messages: list[ModelMessage], **kwargs: Any) -> WireRequest:
-    fields: dict[str, Any] = {"instructions": None, "tools": (), "max_tokens": None, **kwargs}
-    return WireRequest(model="gpt-4o", messages=messages, **fields)
+def _request(messages: list[ModelMessage], **fields: Any) -> WireRequest:
+    return wire_request("gpt-4o", messages, **fields)
 
 
 def _chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> str:

@@ -34,6 +34,7 @@ from chambers.agent.results import (
     dump_messages,
     is_error,
     model_calls,
+    not_configured,
     provider_error,
     question_options,
 )
@@ -91,9 +92,7 @@ class _Run:
         try:
             resolved = self.resolver.resolve(request.model)
         except ModelNotConfigured as exc:
-            yield LoopResult(
-                status="failed", messages=[], error={"code": "MODEL_NOT_CONFIGURED", "message": str(exc)}
-            )
+            yield not_configured(exc)
             return
         self._task = asyncio.current_task()
         self._busy = True

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
 
 from chambers.agent.models import ResolvedModel
-from chambers.core.loop import ModelCall, ToolSpec
+from chambers.core.loop import LoopResult, ModelCall, ToolSpec
 from chambers.logs import scrub
 
 ASK_USER = ToolSpec(
@@ -67,3 +67,10 @@ def provider_error(exc: Exception) -> dict[str, Any]:
     message = scrub(str(getattr(exc, "message", None) or exc))[:500]
     detail = f"the model provider returned {status}: {message}" if status else f"model call failed: {message}"
     return {"code": "PROVIDER_ERROR", "message": detail, **({"upstreamStatus": status} if status else {})}
+
+
+def not_configured(exc: Exception) -> LoopResult:
+    """The turn's end when its model string names no usable provider."""
+    return LoopResult(
+        status="failed", messages=[], error={"code": "MODEL_NOT_CONFIGURED", "message": str(exc)}
+    )
