@@ -1,4 +1,4 @@
-"""Model strings (`provider/model`) to pydantic-ai models, resolved per turn: a bad key fails one turn."""
+"""Model strings (`provider/model`) to models or clients, resolved per turn: a bad key fails one turn."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def split_model(model: str) -> tuple[str, str]:
 
 
 class ModelResolver:
-    """Builds and caches pydantic-ai models; the cache key includes the key and base URL in force."""
+    """Resolves model strings to pydantic-ai models (`PydanticAgentLoop`), cached per key and base URL in
+    force; `ClientResolver` resolves the same strings to our own clients."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
