@@ -22,7 +22,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 
-from chambers.agent.wire import ProviderError, ResponseBuilder, WireRequest
+from chambers.agent.wire import ProviderError, ResponseBuilder, WireRequest, error_message
 from chambers.core.loop import TextDelta, TextStarted
 
 _API_VERSION = "2023-06-01"
@@ -109,7 +109,7 @@ class AnthropicWire:
                 builder.finish_reason = stop_reason
             return None
         if event == "error":
-            raise ProviderError(_stream_error_message(data))
+            raise ProviderError(error_message(data, "the model provider's stream failed"))
         return None
 
     def done(self, event: str, data: str) -> bool:
@@ -207,14 +207,3 @@ def _error_result(tool_call_id: str, content: str) -> Block:
 
 def _text(text: str) -> Block:
     return {"type": "text", "text": text}
-
-
-def _stream_error_message(data: str) -> str:
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return data[:500] or "the model provider's stream failed"
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return data[:500]

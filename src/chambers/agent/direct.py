@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic_ai.messages import (
     ModelMessage,
-    ModelMessagesTypeAdapter,
     ModelRequest,
     ModelRequestPart,
     ModelResponse,
@@ -25,7 +24,6 @@ from pydantic_ai.messages import (
     ToolCallPart,
     ToolReturnPart,
     UserPromptPart,
-    repair_messages,
 )
 
 from chambers.agent.models import ClientResolver, ModelNotConfigured, ResolvedModel
@@ -33,6 +31,7 @@ from chambers.agent.results import (
     ASK_USER,
     dump_messages,
     is_error,
+    load_history,
     model_calls,
     not_configured,
     provider_error,
@@ -126,7 +125,7 @@ class _Run:
     async def _turn(self, resolved: ResolvedModel) -> AsyncIterator[LoopEvent]:
         request = self.request
         client: ModelClient = resolved.model
-        history = ModelMessagesTypeAdapter.validate_python(request.history) if request.history else []
+        history = load_history(request)
         new = self._new
         tools = [*request.tools, ASK_USER] if request.question_tool else list(request.tools)
         retries: dict[str, int] = {}
@@ -134,10 +133,6 @@ class _Run:
         if request.answers:
             pending_calls = _unanswered(history)
         else:
-            if history:
-                # A turn cancelled mid-tool or while a question waited leaves unanswered calls; close them
-                # out so the new prompt is accepted.
-                history = repair_messages(history)
             new.append(
                 ModelRequest(
                     parts=[UserPromptPart(content=request.user_text or "")],

@@ -13,12 +13,10 @@ from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     ModelMessage,
-    ModelMessagesTypeAdapter,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
     TextPartDelta,
-    repair_messages,
 )
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
@@ -28,6 +26,7 @@ from chambers.agent.results import (
     ASK_USER,
     dump_messages,
     is_error,
+    load_history,
     model_calls,
     not_configured,
     provider_error,
@@ -91,11 +90,7 @@ class _Run:
             return
         agent = _agent(request, resolved)
         deferred = DeferredToolResults(calls=dict(request.answers)) if request.answers else None
-        history = ModelMessagesTypeAdapter.validate_python(request.history) if request.history else None
-        if history and deferred is None:
-            # A turn cancelled mid-tool or while a question waited leaves unanswered calls; close them
-            # out so the new prompt is accepted.
-            history = repair_messages(history)
+        history = load_history(request) or None
         settings: ModelSettings = {}
         if request.max_output_tokens:
             settings["max_tokens"] = request.max_output_tokens

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelResponse, repair_messages
 
 from chambers.agent.models import ResolvedModel
-from chambers.core.loop import LoopResult, ModelCall, ToolSpec
+from chambers.core.loop import LoopResult, ModelCall, ToolSpec, TurnRequest
 from chambers.logs import scrub
 
 ASK_USER = ToolSpec(
@@ -74,3 +74,10 @@ def not_configured(exc: Exception) -> LoopResult:
     return LoopResult(
         status="failed", messages=[], error={"code": "MODEL_NOT_CONFIGURED", "message": str(exc)}
     )
+
+
+def load_history(request: TurnRequest) -> list[ModelMessage]:
+    """The session's history as messages. A new prompt (not answers) first closes out the calls a turn
+    cancelled mid-tool or while a question waited left unanswered, so the provider accepts it."""
+    history = ModelMessagesTypeAdapter.validate_python(request.history) if request.history else []
+    return repair_messages(history) if history and not request.answers else history

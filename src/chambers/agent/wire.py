@@ -39,7 +39,7 @@ class WireRequest:
 
 
 class ProviderError(Exception):
-    """The provider refused the request or broke off its stream; `status` is its HTTP status, if any."""
+    """The provider refused the request or broke off its stream; `status_code` is its HTTP status, if any."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -109,7 +109,7 @@ class ResponseBuilder:
             model_name=self.model_name or fallback_model,
             timestamp=datetime.now(UTC),
             provider_name=provider,
-            finish_reason=_finish_reason(self.finish_reason),
+            finish_reason=_FINISH_REASONS.get(self.finish_reason or ""),
         )
 
 
@@ -128,18 +128,18 @@ class _Call:
         return part
 
 
-def _finish_reason(reason: str | None) -> Any:
-    return {
-        "stop": "stop",
-        "end_turn": "stop",
-        "stop_sequence": "stop",
-        "length": "length",
-        "max_tokens": "length",
-        "tool_calls": "tool_call",
-        "tool_use": "tool_call",
-        "content_filter": "content_filter",
-        "refusal": "content_filter",
-    }.get(reason or "")
+_FINISH_REASONS: dict[str, Any] = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_call",
+    "tool_use": "tool_call",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+}
+"""Both formats' finish reasons as pydantic-ai's."""
 
 
 class WireFormat(Protocol):
@@ -202,18 +202,13 @@ class ModelClient:
                             attempt += 1
                             await asyncio.sleep(_retry_wait(response.headers, attempt))
                             continue
-                        raise ProviderError(_error_message(body, response.reason or ""), response.status)
+                        raise ProviderError(error_message(body, response.reason or ""), response.status)
                     decoder = SseDecoder()
-                    ended = False
                     async for chunk in response.content.iter_any():
-                        if ended:
-                            continue  # read to the end, so the connection goes back to the pool
                         for event, data in decoder.feed(chunk):
-                            if ended:
-                                break
                             if wire.done(event, data):
-                                ended = True
-                                continue
+                                await response.content.read()  # to the end: the connection is reused
+                                return
                             try:
                                 out = wire.read(event, data, builder)
                             except (ValueError, LookupError, TypeError, AttributeError):
@@ -222,7 +217,7 @@ class ModelClient:
                                 ) from None
                             if out is not None:
                                 yield out
-                    if not ended and builder.finish_reason is None:
+                    if builder.finish_reason is None:
                         # A clean close before the end marker and with no finish reason is a cut-off answer.
                         raise ProviderError("the model provider's stream ended before the response did")
                     return
@@ -295,15 +290,17 @@ def _retry_wait(headers: Mapping[str, str], attempt: int) -> float:
     return _backoff(attempt)
 
 
-def _error_message(body: bytes, reason: str) -> str:
-    """The provider's own message from an error body (both formats put it at `error.message`)."""
+def error_message(body: bytes | str, fallback: str) -> str:
+    """The provider's own message from an error body or in-stream error event (both formats put it at
+    `error.message`), else the body's start, else `fallback`."""
     try:
         parsed = json.loads(body)
     except ValueError:
-        return body.decode("utf-8", "replace")[:500] or reason
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        return text[:500] or fallback
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     if isinstance(error, str):
         return error
-    return reason or "error"
+    return fallback or "error"

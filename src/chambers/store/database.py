@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +40,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql import Executable
 
 T = TypeVar("T")
+
+log = logging.getLogger("chambers.store")
 
 SQLITE_READERS = 4
 """Reader threads (and connections) on SQLite: reads never queue behind the writer."""
@@ -86,13 +89,11 @@ class SqliteDatabase:
         parsed = make_url(url).set(drivername="sqlite+pysqlite")
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # Connections are made and used in the pool's threads; a reader connection may serve any reader.
-        waiting = {"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-        self.writer = _engine(parsed, waiting, SQLITE_BUSY_TIMEOUT_S, size=1, writes=True)
-        self.reader = _engine(parsed, waiting, SQLITE_BUSY_TIMEOUT_S, size=readers, writes=False)
-        at_once = {"timeout": 0, "check_same_thread": False}
-        self.inline_writer = _engine(parsed, at_once, 0, size=1, writes=True, checkpoints=False)
-        self.inline_reader = _engine(parsed, at_once, 0, size=1, writes=False)
+        # The threads' connections wait for another process's lock; the event loop's never do.
+        self.writer = _engine(parsed, SQLITE_BUSY_TIMEOUT_S, size=1, writes=True)
+        self.reader = _engine(parsed, SQLITE_BUSY_TIMEOUT_S, size=readers, writes=False)
+        self.inline_writer = _engine(parsed, 0, size=1, writes=True, checkpoints=False)
+        self.inline_reader = _engine(parsed, 0, size=1, writes=False)
         self._writing = ThreadPoolExecutor(1, thread_name_prefix="chambers-sqlite-writer")
         self._reading = ThreadPoolExecutor(readers, thread_name_prefix="chambers-sqlite-reader")
         self._queued_writes = 0
@@ -152,6 +153,7 @@ class SqliteDatabase:
                 connection.close()
 
         self.last_checkpoint = asyncio.get_running_loop().run_in_executor(self._writing, checkpoint)
+        self.last_checkpoint.add_done_callback(_report_checkpoint)
 
     async def close(self) -> None:
         if self.last_checkpoint is not None:
@@ -167,15 +169,9 @@ class SqliteDatabase:
         self.reader.dispose()
 
 
-def _engine(
-    url: URL,
-    connect_args: dict[str, Any],
-    busy_timeout_s: int,
-    *,
-    size: int,
-    writes: bool,
-    checkpoints: bool = True,
-) -> Engine:
+def _engine(url: URL, busy_timeout_s: int, *, size: int, writes: bool, checkpoints: bool = True) -> Engine:
+    # A pooled connection may serve any thread of its pool.
+    connect_args = {"timeout": busy_timeout_s, "check_same_thread": False}
     engine = create_engine(url, connect_args=connect_args, pool_size=size, max_overflow=0)
 
     def pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -195,6 +191,12 @@ def _engine(
         # answers "database is locked" at once. Taking the lock up front lets busy_timeout queue it.
         event.listen(engine, "begin", _begin_immediate)
     return engine
+
+
+def _report_checkpoint(done: asyncio.Future[None]) -> None:
+    # A failed checkpoint loses nothing (the WAL keeps the data; the next one retries), but say so.
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("SQLite WAL checkpoint failed: %s", done.exception())
 
 
 def _locked(exc: OperationalError) -> bool:
