@@ -172,3 +172,25 @@ def test_a_history_written_by_one_loop_is_read_by_the_other(
         and sent.contains("Noted the echo.")
         and sent.contains("remember this")
     )
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_model_requests_go_through_the_proxy_the_environment_names(
+    make_server: Any, upstream: FakeUpstream, loop: str
+) -> None:
+    # The provider's host does not resolve: only a request sent through the proxy (the fake upstream,
+    # which answers a proxied request's absolute URL as its own) can be answered.
+    proc: ServerProcess = make_server(
+        CHAMBERS_AGENT_LOOP=loop,
+        OPENAI_BASE_URL="http://model-provider.invalid/v1",
+        HTTP_PROXY=upstream.url,
+        http_proxy=upstream.url,
+        NO_PROXY="",
+        no_proxy="",
+    )
+    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=30) as client:
+        upstream.script(Reply([Text("via the proxy")]))
+        answer = say(client, new_chat(client, "openai/gpt-4o"), "hello")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["parts"][0]["text"] == "via the proxy"
+    assert [r.headers["host"] for r in upstream.requests] == ["model-provider.invalid"]

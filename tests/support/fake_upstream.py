@@ -21,6 +21,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 Wire = Literal["openai", "anthropic"]
 Outcome = Literal["open", "done", "disconnected"]
@@ -423,6 +425,20 @@ def _anthropic_message(items: Sequence[Item], model: str, usage: Usage) -> dict[
 # --- server -----------------------------------------------------------------------------------------------
 
 
+def _forward_proxy(app: ASGIApp) -> ASGIApp:
+    """`app`, also answering as an HTTP forward proxy would: a request for an absolute URL (`POST
+    http://host/v1/...`, as clients send through `HTTP_PROXY`) is served as the URL's path here."""
+
+    async def proxied(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(("http://", "https://")):
+            target = urllib.parse.urlsplit(path)
+            scope = {**scope, "path": target.path or "/", "raw_path": (target.path or "/").encode()}
+        await app(scope, receive, send)
+
+    return proxied
+
+
 class _UvicornServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
         super().__init__(config)
@@ -456,14 +472,16 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self.app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._openai, methods=["POST"]),
-                Route("/v1/messages", self._anthropic, methods=["POST"]),
-                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
-                Route("/v1/models", self._models, methods=["GET"]),
-                Route("/{path:path}", self._not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-            ]
+        self.app = _forward_proxy(
+            Starlette(
+                routes=[
+                    Route("/v1/chat/completions", self._openai, methods=["POST"]),
+                    Route("/v1/messages", self._anthropic, methods=["POST"]),
+                    Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
+                    Route("/v1/models", self._models, methods=["GET"]),
+                    Route("/{path:path}", self._not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+                ]
+            )
         )
 
     # -- addresses
