@@ -2,7 +2,7 @@
 
 Processes: the fake upstream (`tests.support.fake_upstream`), the server (`tests.support.server.
 ServerProcess`, embedded defaults: SQLite, in-process bus) and the load generator (`bench.load`, one
-asyncio process with httpx clients) each run on their own. Results go to bench/results/ as JSON, to
+asyncio process with aiohttp clients) each run on their own. Results go to bench/results/ as JSON, to
 stdout as a table and to docs/benchmarks/ as markdown (plus PNG plots when matplotlib is installed).
 Metric 4 (`bench.sandbox`) runs in a process of its own, which starts its own server and scripted fake.
 Scenario `replicas` (scale-out) starts replicas on PostgreSQL and Redis instead (`bench.cluster`) and one
