@@ -197,12 +197,14 @@ class ModelClient:
         wire = self.wire
         attempt = 0
         while True:
+            answered = False
             try:
                 http = self._session()
                 proxy, proxy_auth = self._proxy
                 async with http.post(
                     self.url, data=content, headers=self.headers, proxy=proxy, proxy_auth=proxy_auth
                 ) as response:
+                    answered = True
                     if response.status >= 400:
                         body = await response.read()
                         if response.status in _RETRIED_STATUSES and attempt < _MAX_RETRIES:
@@ -236,6 +238,14 @@ class ModelClient:
                 await asyncio.sleep(_backoff(attempt))
             except TimeoutError:
                 raise ProviderError("the model provider timed out") from None
+            except aiohttp.ClientConnectionError as exc:
+                if answered or attempt >= _MAX_RETRIES:
+                    raise ProviderError(
+                        f"the connection to the model provider broke: {type(exc).__name__}"
+                    ) from None
+                # It broke before any answer: most often a pooled connection that the provider closed as
+                # idle just as this request went out. The provider SDKs send it again; so does this, at once.
+                attempt += 1
             except (aiohttp.ClientError, OSError) as exc:
                 raise ProviderError(
                     f"the connection to the model provider broke: {type(exc).__name__}"
