@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -191,18 +191,19 @@ class CpuMeter:
         return out
 
 
-class FakeUpstreamProcess:
-    """`python -m tests.support.fake_upstream` as a child process; `url` once it printed READY."""
+class ReadyProcess:
+    """`python -m <module> <args>` as a child process; `url` once it printed `READY <url>`."""
 
-    def __init__(self, tokens: int = 200, ttft: float = 0.15, gap: float = 0.02) -> None:
-        self.args = ["--port", "0", "--tokens", str(tokens), "--ttft", str(ttft), "--gap", str(gap)]
-        self.shape = {"tokens": tokens, "ttft_s": ttft, "gap_s": gap}
+    module = ""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
-    def start(self, timeout: float = 30.0) -> FakeUpstreamProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_upstream", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -218,7 +219,7 @@ class FakeUpstreamProcess:
                 self.url = line.split()[1]
                 return self
         self.stop()
-        raise RuntimeError("the fake upstream did not print READY")
+        raise RuntimeError(f"{self.module} did not print READY")
 
     @property
     def pid(self) -> int:
@@ -235,11 +236,30 @@ class FakeUpstreamProcess:
                 self.proc.wait()
         self.proc = None
 
-    def __enter__(self) -> FakeUpstreamProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FakeUpstreamProcess(ReadyProcess):
+    """The scripted fake (`tests.support.fake_upstream`), streaming `tokens` deltas per reply."""
+
+    module = "tests.support.fake_upstream"
+
+    def __init__(self, tokens: int = 200, ttft: float = 0.15, gap: float = 0.02) -> None:
+        super().__init__(["--port", "0", "--tokens", str(tokens), "--ttft", str(ttft), "--gap", str(gap)])
+        self.shape = {"tokens": tokens, "ttft_s": ttft, "gap_s": gap}
+
+
+class PassthroughProcess(ReadyProcess):
+    """The floor (`bench.passthrough`): a relay to `upstream_url` on the server's own libraries."""
+
+    module = "bench.passthrough"
+
+    def __init__(self, upstream_url: str) -> None:
+        super().__init__(["--upstream", upstream_url])
 
 
 def child_environment() -> None:

@@ -393,12 +393,18 @@ class Scenario:
         self.server_pid = int(cfg["server_pid"])
         self.chambers = Clients(cfg["chambers_url"], cfg["key"])
         self.direct = Clients(cfg["upstream_url"], "bench-key")
+        # The floor (capacity only): a bare relay to the fake on the server's libraries, `bench.passthrough`.
+        self.floor = Clients(cfg["floor_url"], "bench-key") if cfg.get("floor_url") else None
         pids = {"server": self.server_pid, "upstream": int(cfg["upstream_pid"]), "client": os.getpid()}
+        if cfg.get("floor_pid"):
+            pids["floor"] = int(cfg["floor_pid"])
         self.cpu = CpuMeter(pids)
 
     async def close(self) -> None:
         await self.chambers.close()
         await self.direct.close()
+        if self.floor is not None:
+            await self.floor.close()
 
     async def settle(self) -> None:
         """Between phases: collect garbage and let the processes go quiet."""
@@ -411,15 +417,20 @@ class Scenario:
         await asyncio.gather(*(direct_turn(self.direct.pick(), self.token_len) for _ in sessions))
 
     def starter(self, target: str, sessions: list[str]) -> Callable[[int], Awaitable[Stream]]:
-        """Starts stream `i` of a phase: a direct completion, or a turn on `sessions[i]`."""
+        """Starts stream `i` of a phase: a direct completion (also through the floor's relay), or a turn
+        on `sessions[i]`."""
         if target == "direct":
             return lambda _i: direct_turn(self.direct.pick(), self.token_len)
+        if target == "floor":
+            assert self.floor is not None
+            floor = self.floor
+            return lambda _i: direct_turn(floor.pick(), self.token_len)
         return lambda i: chambers_turn(self.chambers.pick(), sessions[i], self.token_len)
 
 
-def _added(reps: list[dict[str, Any]], metric: str, pct: str) -> float:
+def _added(reps: list[dict[str, Any]], metric: str, pct: str, target: str = "chambers") -> float:
     return median(
-        [r["chambers"][metric].get(pct, math.nan) - r["direct"][metric].get(pct, math.nan) for r in reps]
+        [r[target][metric].get(pct, math.nan) - r["direct"][metric].get(pct, math.nan) for r in reps]
     )
 
 
@@ -470,7 +481,8 @@ async def capacity(sc: Scenario) -> dict[str, Any]:
     """Metric 2: concurrent streaming turns (one per session), level by level, with the server's RSS.
 
     A level passes while the added gap p99 stays within `max_added_gap_p99_ms` and errors within
-    `max_error_rate`; the first failing level ends the ramp.
+    `max_error_rate`. Beside Chambers each level measures the floor (`bench.passthrough`, when the run
+    started one) against the same limit: the ramp goes on while either passes, measuring only those.
     """
     cfg = sc.cfg
     reps = int(cfg["reps"])
@@ -479,6 +491,8 @@ async def capacity(sc: Scenario) -> dict[str, Any]:
     ramp = float(cfg.get("ramp_per_s", 400.0))
     warm = await create_sessions(sc.chambers, 10)
     await sc.warm_up(warm)
+    if sc.floor is not None:
+        await asyncio.gather(*(direct_turn(sc.floor.pick(), sc.token_len) for _ in warm))
     await sc.settle()
     idle_count = int(cfg.get("idle_sessions", 1000))
     rss0 = rss_kb(sc.server_pid)
@@ -492,15 +506,20 @@ async def capacity(sc: Scenario) -> dict[str, Any]:
         "per_session_kb": round((rss1 - rss0) / idle_count, 2),
     }
     levels: list[dict[str, Any]] = []
-    max_ok = 0
+    passing = {"chambers"} | ({"floor"} if sc.floor is not None else set())
+    best = {name: 0 for name in passing}
     for level in [int(n) for n in cfg["levels"]]:
-        if len(pool) < level * reps:
+        if "chambers" in passing and len(pool) < level * reps:
             pool += await create_sessions(sc.chambers, level * reps - len(pool))
         reps_out: list[dict[str, Any]] = []
         for rep in range(reps):
-            mine, pool = pool[:level], pool[level:]
+            mine: list[str] = []
+            if "chambers" in passing:
+                mine, pool = pool[:level], pool[level:]
             entry: dict[str, Any] = {"rep": rep + 1}
-            for target in ("direct", "chambers"):
+            for target in ("direct", "floor", "chambers"):
+                if target != "direct" and target not in passing:
+                    continue
                 await sc.settle()
                 sampler = RssSampler(sc.server_pid)
                 sampler.start()
@@ -524,20 +543,34 @@ async def capacity(sc: Scenario) -> dict[str, Any]:
                     }
                 entry[target] = stats
             reps_out.append(entry)
-        added = _added(reps_out, "gap_ms", "p99")
-        errors = max(r["chambers"]["error_rate"] for r in reps_out)
-        passed = added <= max_gap and errors <= max_errors
-        levels.append({"level": level, "reps": reps_out, "added_gap_p99_ms": added, "error_rate": errors})
-        at_once = median([float(r["chambers"]["peak_streaming"]) for r in reps_out])
-        log(
-            f"capacity {level} streams ({at_once:g} streaming at once): added gap p99 {added:.1f} ms, "
-            f"errors {errors:.2%}: " + ("ok" if passed else "stop")
-        )
-        if not passed:
+        out: dict[str, Any] = {"level": level, "reps": reps_out}
+        verdicts: list[str] = []
+        for target in sorted(passing):
+            added = _added(reps_out, "gap_ms", "p99", target)
+            errors = max(r[target]["error_rate"] for r in reps_out)
+            passed = added <= max_gap and errors <= max_errors
+            key = "" if target == "chambers" else f"{target}_"
+            out[f"{key}added_gap_p99_ms"], out[f"{key}error_rate"] = added, errors
+            at_once = median([float(r[target]["peak_streaming"]) for r in reps_out])
+            verdicts.append(
+                f"{target} {added:+.1f} ms, errors {errors:.2%} ({at_once:g} at once): "
+                + ("ok" if passed else "stop")
+            )
+            if passed:
+                best[target] = level
+            else:
+                passing.discard(target)
+        direct_p99 = median([r["direct"]["gap_ms"].get("p99", math.nan) for r in reps_out])
+        out["direct_gap_p99_ms"] = direct_p99
+        levels.append(out)
+        log(f"capacity {level} streams (direct gap p99 {direct_p99:.1f} ms): " + "; ".join(verdicts))
+        if not passing:
             break
-        max_ok = level
     memory = await _stream_memory(sc, int(cfg.get("memory_streams", 100)), ramp)
-    return {"idle": idle, "levels": levels, "max_streams": max_ok, "memory": memory}
+    result = {"idle": idle, "levels": levels, "max_streams": best["chambers"], "memory": memory}
+    if "floor" in best:
+        result["floor_max_streams"] = best["floor"]
+    return result
 
 
 async def _stream_memory(sc: Scenario, count: int, ramp: float) -> dict[str, Any]:

@@ -59,13 +59,14 @@ def _row(
     }
 
 
-def _paired(group: str, metric: str, reps: list[dict[str, Any]], key: str, pct: str, **kw: Any) -> Row:
-    """A percentile of both paths: medians over repetitions; added = median of per-rep differences."""
+def _paired(
+    group: str, metric: str, reps: list[dict[str, Any]], key: str, pct: str, side: str = "chambers", **kw: Any
+) -> Row:
+    """A percentile of direct and `side` (Chambers, or the floor's relay in its column): medians over
+    repetitions; added = median of per-rep differences."""
     direct = _med(reps, "direct", key, pct)
-    chambers = _med(reps, "chambers", key, pct)
-    added = median(
-        [r["chambers"][key].get(pct, math.nan) - r["direct"][key].get(pct, math.nan) for r in reps]
-    )
+    chambers = _med(reps, side, key, pct)
+    added = median([r[side][key].get(pct, math.nan) - r["direct"][key].get(pct, math.nan) for r in reps])
     limit = kw.pop("limit", None)
     passed = None if limit is None or math.isnan(added) else added <= limit
     target = f"added <= {limit:g}" if limit is not None else ""
@@ -148,6 +149,11 @@ def summary(doc: dict[str, Any]) -> list[Row]:
         group = f"2. Stream capacity ({shape}; one session per stream)"
         for level in cap["levels"]:
             reps = level["reps"]
+            if "floor" in reps[0]:  # the bare relay, in the Chambers column (runs after 2026-12-05 F)
+                label = f"gap p99 at {level['level']} streams, floor (bare relay, not Chambers)"
+                rows.append(_paired(group, label, reps, "gap_ms", "p99", side="floor", limit=25.0))
+            if "chambers" not in reps[0]:  # Chambers had stopped; the floor went on
+                continue
             rows.append(
                 _paired(group, f"gap p99 at {level['level']} streams", reps, "gap_ms", "p99", limit=25.0)
             )
@@ -167,6 +173,9 @@ def summary(doc: dict[str, Any]) -> list[Row]:
                 cap["max_streams"] >= MAX_STREAMS,
             )
         )
+        if "floor_max_streams" in cap:
+            label = "max concurrent streams of the floor (bare relay, same limit)"
+            rows.append(_row(group, label, "streams", None, float(cap["floor_max_streams"]), None))
         rows.append(_row(group, "RSS per idle session", "KB", None, cap["idle"]["per_session_kb"], None))
         memory = cap.get("memory")
         if memory:
@@ -553,19 +562,18 @@ def plot(doc: dict[str, Any]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         direct = [_med(lv["reps"], "direct", "gap_ms", "p99") for lv in cap["levels"]]
         ax.plot(levels, direct, "o--", label="direct")
-        ax.plot(
-            levels,
-            [_med(lv["reps"], "chambers", "gap_ms", "p99") for lv in cap["levels"]],
-            "o-",
-            label="chambers",
-        )
+        for side, style, label in (("floor", "s:", "floor (bare relay)"), ("chambers", "o-", "chambers")):
+            measured = [lv for lv in cap["levels"] if side in lv["reps"][0]]
+            if measured:
+                gaps = [_med(lv["reps"], side, "gap_ms", "p99") for lv in measured]
+                ax.plot([lv["level"] for lv in measured], gaps, style, label=label)
         ax.plot(levels, [d + 25.0 for d in direct], "_:", color="grey", ms=14, label="limit: direct + 25 ms")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log(ax, "y")
         ax.set_xticks(levels, [f"{level:,}" for level in levels])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.set_xlabel("concurrent streams (ramp; it stops at the first level over the limit)")
+        ax.set_xlabel("concurrent streams (ramp; each path stops at its first level over the limit)")
         ax.set_ylabel("gap between deltas p99 (ms)")
         ax.set_title(f"stream capacity: {cap['max_streams']:,} streams passed")
         ax.grid(alpha=0.3)

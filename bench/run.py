@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from bench.common import (
     RESULTS,
     ROOT,
     FakeUpstreamProcess,
+    PassthroughProcess,
     child_environment,
     machine,
     raise_fd_limit,
@@ -72,7 +73,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "warmup_turns": 20,
         },
         "capacity": {
-            "levels": [1, 5, 10, 20, 40, 80, 160, 320, 640, 1000, 1500],
+            "levels": [1, 5, 10, 20, 40, 80, 160, 320, 400, 480, 560, 640, 800, 1000, 1500],
             "reps": 3,
             "idle_sessions": 2000,
             "memory_streams": 200,
@@ -134,7 +135,11 @@ def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: Fa
     }
     print(f"== {name} {json.dumps(cfg)}", flush=True)
     started = time.monotonic()
-    result = load_process(full, 1800, name, lambda: "".join(server.output[-30:]))
+    with ExitStack() as stack:
+        if name == "capacity":  # measured beside the floor: a relay that does nothing but relay
+            floor = stack.enter_context(PassthroughProcess(upstream.url))
+            full.update(floor_url=floor.url, floor_pid=floor.pid)
+        result = load_process(full, 1800, name, lambda: "".join(server.output[-30:]))
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     problems = [line for line in server.output if " ERROR " in line or "Traceback" in line]
     if problems:
