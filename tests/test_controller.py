@@ -108,6 +108,7 @@ def test_did_key_matches_the_w3c_test_vector() -> None:
     assert public_key_from_did(pair.did) == pair.public_key
     signature = pair.sign(b"entry")
     assert verify(pair.did, b"entry", signature) and not verify(pair.did, b"entrY", signature)
+    assert "private" not in repr(pair)  # a logged pair does not show its seed
     with pytest.raises(ValueError):
         public_key_from_did("did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme")  # secp256k1
 

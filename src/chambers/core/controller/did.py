@@ -8,7 +8,7 @@ varint prefix (0xed 0x01) followed by the 32-byte raw public key, so every Ed255
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -74,8 +74,13 @@ class KeyPair:
     """An agent's identity: the DID and the raw 32-byte private key (seed) behind it."""
 
     did: str
-    private_key: bytes
+    private_key: bytes = field(repr=False)
     public_key: bytes
+    _signer: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Loaded once: rebuilding it from the raw seed for every signature was half of a signature's cost.
+        object.__setattr__(self, "_signer", Ed25519PrivateKey.from_private_bytes(self.private_key))
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -92,7 +97,7 @@ class KeyPair:
 
     def sign(self, data: bytes) -> str:
         """An Ed25519 signature of `data`, base64url without padding."""
-        signature = Ed25519PrivateKey.from_private_bytes(self.private_key).sign(data)
+        signature = self._signer.sign(data)
         return base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
 
