@@ -122,9 +122,7 @@ def load_process(payload: dict[str, Any], timeout: float, what: str, output: Cal
 def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: FakeUpstreamProcess) -> Any:
     """Run one scenario in a `bench.load` process; its progress goes to stderr, its JSON back here."""
     assert server.proc is not None and server.admin_key is not None
-    widest = max([*cfg.get("levels", []), *cfg.get("subscribers", []), cfg.get("memory_streams", 0), 100])
     full = {
-        "connections": widest + 64,
         **cfg,
         "scenario": name,
         "chambers_url": server.url,
