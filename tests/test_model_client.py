@@ -61,12 +61,17 @@ class RawServer:
 
 
 @pytest.fixture
-async def raw_server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RawServer, str]]:
+async def raw_server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RawServer, ModelClient]]:
+    """The server, answering as `request.param` says, and a model client of it."""
     server = RawServer(request.param)
     listening = await asyncio.start_server(server.serve, "127.0.0.1", 0)
     port = listening.sockets[0].getsockname()[1]
+    client = ModelClient(OpenAIWire(), f"http://127.0.0.1:{port}/v1", "key")
     async with listening:
-        yield server, f"http://127.0.0.1:{port}/v1"
+        try:
+            yield server, client
+        finally:
+            await client.aclose()
 
 
 async def _text(client: ModelClient) -> str:
@@ -95,27 +100,19 @@ async def _breaks_mid_answer(connection: int, served: int, writer: asyncio.Strea
 
 @pytest.mark.parametrize("raw_server", [_closes_on_its_second_request], indirect=True)
 async def test_a_request_on_a_pooled_connection_the_provider_closed_is_sent_again(
-    raw_server: tuple[RawServer, str],
+    raw_server: tuple[RawServer, ModelClient],
 ) -> None:
-    server, url = raw_server
-    client = ModelClient(OpenAIWire(), url, "key")
-    try:
-        assert await _text(client) == "answer 1.1"
-        assert await _text(client) == "answer 2.1"  # the first connection broke; a new one answered
-    finally:
-        await client.aclose()
+    server, client = raw_server
+    assert await _text(client) == "answer 1.1"
+    assert await _text(client) == "answer 2.1"  # the first connection broke; a new one answered
     assert (server.connections, server.requests) == (2, 3)
 
 
 @pytest.mark.parametrize("raw_server", [_breaks_mid_answer], indirect=True)
 async def test_a_connection_that_breaks_once_the_answer_began_is_not_sent_again(
-    raw_server: tuple[RawServer, str],
+    raw_server: tuple[RawServer, ModelClient],
 ) -> None:
-    server, url = raw_server
-    client = ModelClient(OpenAIWire(), url, "key")
-    try:
-        with pytest.raises(ProviderError, match="broke"):
-            await _text(client)
-    finally:
-        await client.aclose()
+    server, client = raw_server
+    with pytest.raises(ProviderError, match="broke"):
+        await _text(client)
     assert server.requests == 1
