@@ -352,6 +352,9 @@ def _sandbox_rows(sb: dict[str, Any]) -> list[Row]:
                 _within(restore, wanted) if wanted else None,
             )
         )
+        if "restore_after_discard_ms" in case:
+            again = case["restore_after_discard_ms"]["p50"]
+            rows.append(_row(group, f"restore p50 right after a discard, {where}", "ms", None, again, None))
         if "discard_ms" in case:
             discard = case["discard_ms"]["p50"]
             rows.append(_row(group, f"discard (rm -r) p50, {where}", "ms", None, discard, None))
