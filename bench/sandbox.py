@@ -40,6 +40,7 @@ from tests.support.server import ServerProcess
 from bench.common import CpuMeter, server_env, summarize
 from chambers.core.ids import new_id
 from chambers.sandbox import LocalSnapshotStore, SandboxLimits, SessionSandbox, bwrap_problem
+from chambers.sandbox.filesystems import ext4_journal
 from chambers.sandbox.host import SessionSandboxes
 from chambers.sandbox.session import BackendName
 from chambers.sandbox.tools import run_tool
@@ -68,7 +69,7 @@ def filesystem(path: Path) -> str:
 
     An ext4 without a journal says so: it allocates inodes differently (see `snapshots`).
     """
-    best, kind, device = "", "unknown", ""
+    best, kind = "", "unknown"
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
@@ -81,13 +82,9 @@ def filesystem(path: Path) -> str:
         point = fields[1]
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
-            best, kind, device = point, fields[2], fields[0]
-    if kind == "ext4" and device.startswith("/dev/"):
-        # jbd2 lists one entry per journaled device, named after it and its journal's inode.
-        journals = Path("/proc/fs/jbd2")
-        name = Path(device).name
-        if journals.is_dir() and not any(j.name.startswith(f"{name}-") for j in journals.iterdir()):
-            return "ext4 without a journal"
+            best, kind = point, fields[2]
+    if kind == "ext4" and ext4_journal(path) is False:
+        return "ext4 without a journal"
     return kind
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from chambers.sandbox.filesystems import journal_warning
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
@@ -161,6 +162,16 @@ def test_a_restart_resumes_sessions_from_their_workspace(make_server: Any, upstr
         assert upstream.requests[-1].contains("still-here")
         ready = client.get("/readyz").json()["checks"]["sandbox"]
         assert ready["ok"] is True and ready["backend"] in ("bwrap", "process")
+
+
+def test_the_server_warns_when_workspaces_sit_on_an_ext4_without_a_journal(server: ServerProcess) -> None:
+    """Either way, the start-up log agrees with the kernel's answer for this machine's data dir."""
+    eventually(lambda: "snapshot store:" in server.log(), what="the sandbox start-up lines")
+    expected = journal_warning(server.data_dir / "sandboxes")
+    if expected is None:
+        assert "without a journal" not in server.log()
+    else:
+        assert expected in server.log()
 
 
 def test_without_bubblewrap_the_server_says_so_and_refuses_tools(

@@ -22,6 +22,7 @@ from chambers.core.reaper import Reaper
 from chambers.core.runs import RunRules, RunService, RunWorkerPool  # runs
 from chambers.core.sessions import SessionRules, SessionService
 from chambers.core.turns import TurnPolicy, TurnRunner
+from chambers.sandbox.filesystems import journal_warning
 from chambers.sandbox.host import SessionSandboxes
 from chambers.sandbox.limits import SandboxLimits
 from chambers.sandbox.snapshots import LocalSnapshotStore, SnapshotStore
@@ -190,6 +191,9 @@ def announce_sandbox(sandboxes: SessionSandboxes) -> None:
     else:
         log.info("sandbox backend: bwrap (bubblewrap isolation)")
     log.info("snapshot store: %s", sandboxes.snapshots.describe())
+    warning = journal_warning(sandboxes.root)
+    if warning:
+        log.warning(warning)
 
 
 async def open_store(settings: Settings) -> Store:
