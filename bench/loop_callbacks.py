@@ -1,0 +1,109 @@
+"""Which callbacks hold the event loop longest, under a steady rate of streamed turns.
+
+    python -m bench.loop_callbacks [--rate 20] [--seconds 5] [--threshold-ms 1] [--top 15]
+
+A delta of one stream waits for whatever the event loop runs when it arrives, so the added gap's p99
+(metric 1) follows the longest callbacks, not the average cost. This starts the fake upstream (200
+deltas 20 ms apart after 150 ms, as metric 1) and `chambers serve` with `bench/loop_site` on its
+PYTHONPATH, which runs the server on asyncio's own loop and times every callback
+(`bench/loop_site/sitecustomize.py`). New turns arrive at `--rate` a second for `--seconds`, each on a
+new session; after they end the server stops and writes its counts. The report gives the distribution
+of callback durations and, for those of `--threshold-ms` or more, which task ran them and where its
+coroutine stood before and after the step (turn and task ids folded together).
+
+asyncio's loop is slower than uvloop's and the timer costs a little per callback: compare runs of
+this tool with each other, not with the benchmark's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, FakeUpstreamProcess, child_environment, raise_fd_limit, server_env, summarize
+from bench.load import Clients, chambers_turn, create_sessions, open_loop
+
+SITE = ROOT / "bench" / "loop_site"
+_IDS = ((re.compile(r"turn_[0-9a-z]{26}"), "turn_…"), (re.compile(r"Task-\d+"), "Task-…"))
+
+
+async def drive(url: str, key: str, rate: float, seconds: float) -> int:
+    """Warm up, then start turns at `rate` a second for `seconds`; the number that completed."""
+    clients = Clients(url, key)
+    try:
+        count = max(1, int(rate * seconds))
+        warm = await create_sessions(clients, 10)
+        await asyncio.gather(*(chambers_turn(clients.pick(), s, 4) for s in warm))
+        sessions = await create_sessions(clients, count)
+        streams, _ = await open_loop(
+            lambda i: chambers_turn(clients.pick(), sessions[i], 4), rate, count, seconds + 60
+        )
+        return sum(1 for s in streams if not s.error)
+    finally:
+        await clients.close()
+
+
+def report(counts: dict[str, Any], top: int, threshold_ms: float) -> str:
+    durations = counts["durations_ms"]
+    stats = summarize(durations)
+    lines = [
+        f"{len(durations):,} callbacks: p50 {stats['p50'] * 1000:.0f} µs, p99 {stats['p99']:.2f} ms, "
+        f"p99.9 {stats['p999']:.2f} ms, max {stats['max']:.1f} ms",
+        "  " + ", ".join(f">= {b:g} ms: {sum(1 for d in durations if d >= b)}" for b in (1, 2, 3, 5, 10)),
+        "",
+        f"callbacks of {threshold_ms:g} ms or more, by task and where it stood before ==> after:",
+    ]
+    folded: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for key, n in counts["long"].items():
+        name = key
+        for pattern, label in _IDS:
+            name = pattern.sub(label, name)
+        folded[name][0] += n
+        folded[name][1] += counts["long_ms"][key]
+    ranked = sorted(folded.items(), key=lambda item: -item[1][1])[:top]
+    lines += [f"{ms:8.1f} ms {n:5.0f} x {ms / n:5.2f} ms  {name}" for name, (n, ms) in ranked]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=20.0, help="new turns per second")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--threshold-ms", type=float, default=1.0)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    child_environment()
+    raise_fd_limit()
+    from tests.support.server import ServerProcess
+
+    out = Path(tempfile.mkdtemp(prefix="chambers-loop-")) / "callbacks.json"
+    with FakeUpstreamProcess(tokens=200, ttft=0.15, gap=0.02) as upstream:
+        env = server_env(upstream.url)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH", "")]))
+        env["CHAMBERS_BENCH_LOOP_CALLBACKS"] = str(out)
+        env["CHAMBERS_BENCH_LOOP_MS"] = str(args.threshold_ms)
+        server = ServerProcess(out.parent / "data", env)
+        server.start()
+        try:
+            assert server.admin_key is not None
+            done = asyncio.run(drive(server.url, server.admin_key, args.rate, args.seconds))
+        finally:
+            server.stop()
+    if not out.exists():
+        sys.exit(f"the server wrote no counts to {out}")
+    print(f"{done} turns at {args.rate:g}/s for {args.seconds:g} s (and 10 warm-up turns)")
+    print(report(json.loads(out.read_text()), args.top, args.threshold_ms))
+
+
+if __name__ == "__main__":
+    main()
