@@ -670,12 +670,16 @@ def _sandbox_figure(plt: Any, sb: dict[str, Any]) -> Any:
     ax = axes[1]
     cases = sb.get("snapshots", [])
     if cases:
-        width = 0.38
+        series = [
+            ("save_ms", "snapshot", "C2"),
+            ("restore_ms", "restore", "C3"),
+            ("restore_after_discard_ms", "restore right after a discard", "C4"),
+        ]
+        series = [entry for entry in series if all(entry[0] in c for c in cases)]
+        width = 0.8 / len(series)
         xs = range(len(cases))
-        for offset, key, label, color in (
-            (-width / 2, "save_ms", "snapshot", "C2"),
-            (width / 2, "restore_ms", "restore", "C3"),
-        ):
+        for index, (key, label, color) in enumerate(series):
+            offset = (index - (len(series) - 1) / 2) * width
             p50 = [c[key]["p50"] for c in cases]
             p95 = [c[key]["p95"] for c in cases]
             bars = ax.bar(
@@ -688,29 +692,23 @@ def _sandbox_figure(plt: Any, sb: dict[str, Any]) -> Any:
                 capsize=3,
             )
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
-        for x, case in zip(xs, cases, strict=True):
-            megabytes = round(case["bytes"] / 1e6)
-            wanted = RESTORE_MS.get(megabytes)
-            if wanted:
-                ax.hlines(wanted, x, x + width, color="black", linestyle="--", linewidth=1, zorder=3)
-            if megabytes >= 100:
-                ax.hlines(
-                    SNAPSHOT_MS_PER_100MB * megabytes / 100,
-                    x - width,
-                    x,
-                    color="black",
-                    linestyle="--",
-                    linewidth=1,
-                    zorder=3,
-                )
+            for x, case in zip(xs, cases, strict=True):
+                megabytes = round(case["bytes"] / 1e6)
+                left, right = x + offset - width / 2, x + offset + width / 2
+                wanted = RESTORE_MS.get(megabytes) if key == "restore_ms" else None
+                if key == "save_ms" and megabytes >= 100:
+                    wanted = SNAPSHOT_MS_PER_100MB * megabytes / 100
+                if wanted:
+                    ax.hlines(wanted, left, right, color="black", linestyle="--", linewidth=1, zorder=3)
         ax.set_xticks(list(xs), [_workspace(c).replace(", ", "\n").replace(" in ", "\n") for c in cases])
         ax.tick_params(axis="x", labelsize=8)
         ax.set_yscale("log")
         _plain_log(ax, "y")
         ax.set_ylabel("ms (dashed: target)")
+        ax.set_ylim(top=ax.get_ylim()[1] * 8)  # room for the legend above the tallest bar
         ax.set_title("workspace snapshot and restore")
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     ax = axes[2]
     resume = sb.get("resume") or {}
     for kind, style in (("active", "--"), ("idle", "-")):
