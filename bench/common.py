@@ -18,6 +18,8 @@ from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+TOKEN_TEXT = "tok "
+"""What each delta of the fake upstream's benchmark replies says (`tests.support.fake_upstream`)."""
 DOCS = ROOT / "docs"
 QUANTILES = (50.0, 95.0, 99.0)
 

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import (
+    TOKEN_TEXT,
     CpuMeter,
     cpu_seconds,
     find_pids,
@@ -388,7 +389,7 @@ class Scenario:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
-        self.token_len = len(cfg.get("token_text", "tok "))
+        self.token_len = len(cfg.get("token_text", TOKEN_TEXT))
         self.pause = float(cfg.get("pause_s", 1.0))
         self.server_pid = int(cfg["server_pid"])
         self.chambers = Clients(cfg["chambers_url"], cfg["key"])
@@ -806,7 +807,7 @@ async def replicas_phase(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     urls: list[str] = list(cfg["chambers_urls"])
     sessions_n, turns_n = int(cfg["sessions"]), int(cfg["turns"])
-    token_len = len(cfg.get("token_text", "tok "))
+    token_len = len(cfg.get("token_text", TOKEN_TEXT))
     pools = [Clients(url, cfg["key"]) for url in urls]
     counter = 0
 

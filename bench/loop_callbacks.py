@@ -3,13 +3,14 @@
     python -m bench.loop_callbacks [--rate 20] [--seconds 5] [--threshold-ms 1] [--top 15]
 
 A delta of one stream waits for whatever the event loop runs when it arrives, so the added gap's p99
-(metric 1) follows the longest callbacks, not the average cost. This starts the fake upstream (200
-deltas 20 ms apart after 150 ms, as metric 1) and `chambers serve` with `bench/loop_site` on its
-PYTHONPATH, which runs the server on asyncio's own loop and times every callback
-(`bench/loop_site/sitecustomize.py`). New turns arrive at `--rate` a second for `--seconds`, each on a
-new session; after they end the server stops and writes its counts. The report gives the distribution
-of callback durations and, for those of `--threshold-ms` or more, which task ran them and where its
-coroutine stood before and after the step (turn and task ids folded together).
+(metric 1) follows the longest callbacks, not the average cost. This starts the fake upstream with
+metric 1's turn shape (`bench.run.STREAMING`: 200 deltas 20 ms apart after 150 ms) and `chambers
+serve` with `bench/loop_site` on its PYTHONPATH, which runs the server on asyncio's own loop and
+times every callback (`bench/loop_site/sitecustomize.py`). New turns arrive at `--rate` a second for
+`--seconds`, each on a new session; after they end the server stops and writes its counts. The
+report gives the distribution of callback durations and, for those of `--threshold-ms` or more,
+which task ran them and where its coroutine stood before and after the step (turn and task ids
+folded together).
 
 asyncio's loop is slower than uvloop's and the timer costs a little per callback: compare runs of
 this tool with each other, not with the benchmark's figures.
@@ -28,8 +29,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, FakeUpstreamProcess, child_environment, raise_fd_limit, server_env, summarize
+from bench.common import (
+    ROOT,
+    TOKEN_TEXT,
+    FakeUpstreamProcess,
+    child_environment,
+    raise_fd_limit,
+    server_env,
+    summarize,
+)
 from bench.load import Clients, chambers_turn, create_sessions, open_loop
+from bench.run import STREAMING
 
 SITE = ROOT / "bench" / "loop_site"
 _IDS = ((re.compile(r"turn_[0-9a-z]{26}"), "turn_…"), (re.compile(r"Task-\d+"), "Task-…"))
@@ -41,10 +51,10 @@ async def drive(url: str, key: str, rate: float, seconds: float) -> int:
     try:
         count = max(1, int(rate * seconds))
         warm = await create_sessions(clients, 10)
-        await asyncio.gather(*(chambers_turn(clients.pick(), s, 4) for s in warm))
+        await asyncio.gather(*(chambers_turn(clients.pick(), s, len(TOKEN_TEXT)) for s in warm))
         sessions = await create_sessions(clients, count)
         streams, _ = await open_loop(
-            lambda i: chambers_turn(clients.pick(), sessions[i], 4), rate, count, seconds + 60
+            lambda i: chambers_turn(clients.pick(), sessions[i], len(TOKEN_TEXT)), rate, count, seconds + 60
         )
         return sum(1 for s in streams if not s.error)
     finally:
@@ -87,7 +97,7 @@ def main() -> None:
     from tests.support.server import ServerProcess
 
     out = Path(tempfile.mkdtemp(prefix="chambers-loop-")) / "callbacks.json"
-    with FakeUpstreamProcess(tokens=200, ttft=0.15, gap=0.02) as upstream:
+    with FakeUpstreamProcess(**STREAMING) as upstream:
         env = server_env(upstream.url)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE), os.environ.get("PYTHONPATH", "")]))
         env["CHAMBERS_BENCH_LOOP_CALLBACKS"] = str(out)

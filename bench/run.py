@@ -31,6 +31,7 @@ from bench.cluster import Cluster, check_services
 from bench.common import (
     RESULTS,
     ROOT,
+    TOKEN_TEXT,
     FakeUpstreamProcess,
     PassthroughProcess,
     child_environment,
@@ -40,7 +41,7 @@ from bench.common import (
 )
 
 # The turn shape of the fake upstream: 200 deltas of "tok " 20 ms apart after 150 ms (a ~4.1 s turn).
-STREAMING = {"tokens": 200, "ttft": 0.15, "gap": 0.02}
+STREAMING: dict[str, Any] = {"tokens": 200, "ttft": 0.15, "gap": 0.02}
 # Scale-out: short turns (20 deltas 10 ms apart after 50 ms, ~0.25 s) so that the servers, not the fake's
 # delays, bound the throughput; the same shape in both runs.
 REPLICAS: dict[str, Any] = {
@@ -235,7 +236,7 @@ def run(kind: str, only: set[str] | None = None) -> dict[str, Any]:
     }
     if only is not None:
         doc["only"] = sorted(only)
-    common = {"pause_s": preset["pause_s"], "token_text": "tok "}
+    common = {"pause_s": preset["pause_s"], "token_text": TOKEN_TEXT}
     wanted = [n for n in SCENARIOS if only is None or n in only]
 
     def record(name: str, value: Any) -> None:
