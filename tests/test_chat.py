@@ -226,6 +226,23 @@ def test_a_stale_last_event_id_is_told_not_skipped(make_server: Any, upstream: F
         assert second.id is not None and second.id > 2
 
 
+def test_a_delta_within_the_window_waits_only_for_the_window_to_close(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    # Deltas 0.4 s apart against a 0.5 s window: "b" comes 0.4 s after "a" went out and is held
+    # until 0.5 s, so it leaves before "c" arrives at 0.8 s. Held a whole window from its own
+    # arrival instead, it would wait until 0.9 s and go out merged with "c".
+    proc: ServerProcess = make_server(CHAMBERS_PART_UPDATE_WINDOW_MS="500")
+    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=30) as client:
+        chat_id = new_chat(client)
+        upstream.script(Reply([Text("abc", chunks=3)], gap=0.4))
+        body = {"parts": [{"type": "text", "text": "slowly"}]}
+        with client.stream("POST", f"/agent/v1/chat/{chat_id}/respond", json=body) as response:
+            received = read_until(response, turn_done())
+    deltas = [e.data["delta"] for e in received if e.event == "message.part.updated"]
+    assert deltas == ["a", "b", "c"]
+
+
 def iter_pair(response: httpx.Response) -> Any:
     stream = events(response)
     yield next(stream), next(stream)

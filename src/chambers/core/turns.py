@@ -867,8 +867,9 @@ class TurnRunner:
 class _MessageBuilder:
     """Accumulates the assistant message's parts and streams `message.part.updated`.
 
-    The first delta of a text part goes out at once; later ones within the window are coalesced,
-    so long answers cost fewer events without delaying the first token.
+    The first delta of a text part goes out at once; later ones that come within the window of the
+    last event are held until it closes and sent together, so long answers cost fewer events
+    without delaying the first token, and no event waits longer than the window.
     """
 
     def __init__(self, runner: TurnRunner, session_id: str, turn_id: str, message_id: str) -> None:
@@ -902,12 +903,14 @@ class _MessageBuilder:
         assert self._text is not None
         self._text["text"] += delta
         self._pending += delta
-        now = time.monotonic()
-        if now - self._last_sent >= self._window:
+        waited = time.monotonic() - self._last_sent
+        if waited >= self._window:
             await self._send_text()
         elif self._timer is None:
+            # Held only until the window since the last event closes, not a whole window from now:
+            # a delta that comes just early (upstream jitter, a busy loop) goes out nearly on time.
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._window, lambda: loop.create_task(self.flush()))
+            self._timer = loop.call_later(self._window - waited, lambda: loop.create_task(self.flush()))
 
     async def _send_text(self) -> None:
         if self._timer is not None:
