@@ -617,3 +617,75 @@ def test_replicas_starting_together_on_a_fresh_database_all_start(make_server: A
         thread.join(120)
     assert failures == []
     assert all(httpx.get(f"{proc.url}/readyz", timeout=10).status_code == 200 for proc in replicas)
+
+
+@pytest.mark.redis
+async def test_a_streamed_part_is_kept_once_in_redis_not_once_per_update(
+    rbus: RedisEventBus, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Each update carries the whole text so far; Redis keeps the pieces and the text once, so a long
+    answer costs the stream what its pieces weigh, not the sum of every text so far."""
+    session, text, texts = new_session(), "", []
+    for i in range(400):
+        delta = f"{i:>4} héllo ✓ {'w' * 38}"  # 50 characters
+        text += delta
+        texts.append(text)
+        await rbus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", text, delta), "turn_1")
+    entries: Any = await raw_redis.xrange(f"{redis_prefix}:events:{session}")
+    assert len(entries) == 400
+    longest = max(len(value) for _, fields in entries for value in fields.values())
+    assert longest < 200, longest  # no entry holds the text so far (up to 20,000 characters)
+    (key,) = await raw_redis.keys(f"{redis_prefix}:text:{session}:*")
+    assert await raw_redis.get(key) == text
+    assert 0 < await raw_redis.ttl(key) <= 600
+    stream_bytes = await raw_redis.memory_usage(f"{redis_prefix}:events:{session}")
+    assert stream_bytes is not None and stream_bytes < 500_000, stream_bytes  # stored whole: 5 MB
+    replay = await rbus.replay(session, 250)  # from the middle of the part
+    assert [e.data["text"] for e in replay.events] == texts[250:]
+
+
+@pytest.mark.redis
+async def test_a_replica_that_follows_from_the_middle_of_a_part_sends_its_whole_text(
+    rbus: RedisEventBus, redis_prefix: str
+) -> None:
+    session, texts = new_session(), [""]
+    other = RedisEventBus(services.REDIS_URL, prefix=redis_prefix, buffer_size=500, ttl_s=600)
+
+    async def extend(i: int) -> None:
+        texts.append(texts[-1] + f"{i} ✓ ")
+        await rbus.publish(
+            session, MESSAGE_PART_UPDATED, text_update("part_a", texts[-1], f"{i} ✓ "), "turn_1"
+        )
+
+    try:
+        for i in range(5):
+            await extend(i)
+        async with subscribed(other, session, None, heartbeat_s=0.05) as sub:
+            await live(sub)  # follows from here on: the part's first five pieces are behind it
+            for i in range(5, 8):
+                await extend(i)
+            events = await next_events(sub, 3)
+        assert [e.data["text"] for e in events] == texts[6:]
+        assert [e.data["delta"] for e in events] == ["5 ✓ ", "6 ✓ ", "7 ✓ "]
+        assert events[-1].json.endswith(f'"text":"{texts[-1]}","delta":"7 ✓ "}}')
+    finally:
+        await other.close()
+
+
+@pytest.mark.redis
+async def test_a_part_whose_text_expired_is_reported_as_a_gap_not_sent_wrong(
+    rbus: RedisEventBus, raw_redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    session, text = new_session(), ""
+    for i in range(6):
+        text += f"{i} "
+        await rbus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", text, f"{i} "), "turn_1")
+    await rbus.publish(session, "turn.completed", {"turnId": "turn_1"}, "turn_1")
+    (key,) = await raw_redis.keys(f"{redis_prefix}:text:{session}:*")
+    await raw_redis.delete(key)  # as an eviction would
+    replay = await rbus.replay(session, 3)
+    assert (seqs(replay.events), replay.gap, replay.oldest_seq) == ([7], True, 7)
+    text += "6 "  # the publisher finds the key gone, and stores the text anew under another
+    await rbus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", text, "6 "), "turn_1")
+    replay = await rbus.replay(session, 7)
+    assert [e.data["text"] for e in replay.events] == [text] and not replay.gap

@@ -9,7 +9,7 @@ from operator import eq, is_
 from typing import Any
 
 from chambers.bus.queues import HEARTBEAT, Heartbeat, take
-from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
+from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay, streamed_text
 
 _CLOSED = object()
 
@@ -87,14 +87,12 @@ class _Log:
 
     def keep(self, seq: int, kind: str, data: dict[str, Any], turn_id: str | None) -> None:
         """Buffer a published event, without the encodings live subscribers cache on it (`data` is shared)."""
-        if kind == MESSAGE_PART_UPDATED and len(data) >= 2:
-            keys = reversed(data)
-            if next(keys) == "delta" and next(keys) == "text":
-                text, delta, part_id = data["text"], data["delta"], data.get("partId")
-                if type(text) is str and type(delta) is str and type(part_id) is str and text.endswith(delta):
-                    self.buffer.append(self._part_update(seq, turn_id, data, part_id, text, len(delta)))
-                    return
-        self.buffer.append(Event(self.session_id, seq, kind, data, turn_id))
+        streamed = streamed_text(kind, data)
+        if streamed is not None:
+            part_id, text, delta = streamed
+            self.buffer.append(self._part_update(seq, turn_id, data, part_id, text, len(delta)))
+        else:
+            self.buffer.append(Event(self.session_id, seq, kind, data, turn_id))
 
     def _part_update(
         self, seq: int, turn_id: str | None, data: dict[str, Any], part_id: str, text: str, size: int

@@ -6,10 +6,16 @@ Keys (all under `prefix`):
   integers). A Lua script INCRs it and XADDs the event in one step, so sequence order is stream order.
 - `<prefix>:events:<session>`: the stream, trimmed with `MAXLEN ~ buffer_size` (Redis keeps at least
   that many entries). Each entry is `Event.to_record()`: `s` session, `q` seq, `t` type, `d` JSON, `u` turn.
+- `<prefix>:text:<session>:<part>.<n>`: the text so far of one streamed text part. Its updates carry the
+  whole text so far; stored as published, a long answer would cost the stream quadratic memory. So
+  such an entry keeps only the rest of the data in `d`, the new piece in `x`, the text key's suffix in
+  `k` and the text's length after it in `n` (bytes), and the script APPENDs the piece to the key.
+  Readers rebuild each update's text from the pieces they read, and read the key only to start in
+  the middle of a part.
 - `<prefix>:wake:<instance>`: a one-entry stream this process XADDs to, to cut its own blocked XREAD
   short when a session is added to the set it follows.
 
-Both per-session keys get an expiry (`ttl_s`, refreshed on every publish; 0 keeps them forever); a
+Every key of a session gets an expiry (`ttl_s`, refreshed on every publish; 0 keeps them forever); a
 session whose keys expired is re-seeded from the Store, and a replay older than what is left is
 reported as a gap.
 
@@ -23,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,16 +45,30 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chambers.bus.queues import HEARTBEAT, Heartbeat, take
 from chambers.core.errors import Unavailable
-from chambers.core.events import Event, Replay
+from chambers.core.events import Event, Replay, streamed_text
 
 log = logging.getLogger("chambers.bus.redis")
 
 _CLOSED = object()
 
-# KEYS: seq, stream. ARGV: maxlen, ttl_s, session, type, data, turn.
+# KEYS: seq, stream, text (the stream again for an event that is not a streamed text update).
+# ARGV: maxlen, ttl_s, session, type, data, turn, text key suffix ('' for any other event), the new piece,
+# the text's length before it ('' to SET the whole text, the last ARGV, instead of appending).
 # `p` is the seq of the entry before this one in the stream (empty for the first): a reader that saw
 # that entry knows it missed nothing, even when a `seed` made the numbers jump.
+# An append to a text of another length than the publisher's publishes nothing and returns {-1}.
 _PUBLISH = """
+local size = nil
+if ARGV[7] ~= '' then
+  if ARGV[9] == '' then
+    redis.call('SET', KEYS[3], ARGV[10])
+    size = string.len(ARGV[10])
+  elseif redis.call('STRLEN', KEYS[3]) == tonumber(ARGV[9]) then
+    size = redis.call('APPEND', KEYS[3], ARGV[8])
+  else
+    return {-1, ''}
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
 local prev = ''
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -57,12 +78,20 @@ if last[1] then
     if fields[i] == 'q' then prev = fields[i + 1] end
   end
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
-  'q', seq, 's', ARGV[3], 't', ARGV[4], 'd', ARGV[5], 'u', ARGV[6], 'p', prev)
+local id
+if size then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
+    'q', seq, 's', ARGV[3], 't', ARGV[4], 'd', ARGV[5], 'u', ARGV[6], 'p', prev,
+    'k', ARGV[7], 'x', ARGV[8], 'n', size)
+else
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
+    'q', seq, 's', ARGV[3], 't', ARGV[4], 'd', ARGV[5], 'u', ARGV[6], 'p', prev)
+end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+  if size then redis.call('EXPIRE', KEYS[3], ttl) end
 end
 return {seq, id}
 """
@@ -101,6 +130,15 @@ return {current, oldest, newest, entries}
 """
 
 
+_PUBLISHED_TEXTS = 256
+"""Streamed parts whose text a publisher remembers, to append to it (a turn streams one at a time)."""
+
+_FOLLOWED_TEXTS = 4
+"""Parts per followed session whose text the reader keeps, to rebuild their next updates."""
+
+Fields = dict[str, Any]
+
+
 class BusUnavailable(Unavailable):
     """Redis cannot be reached (or refused the command): events can be neither published nor followed."""
 
@@ -110,6 +148,85 @@ class _Failure:
     error: BaseException
 
 
+@dataclass(slots=True)
+class _Published:
+    """A streamed part's text as this process last published it, and its key's suffix."""
+
+    suffix: str
+    text: str
+    size: int
+    """The text's length in bytes, as Redis counts it."""
+
+
+class _Texts:
+    """Rebuilds streamed text updates from their pieces, keeping the text so far of the last few parts."""
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[str, tuple[str, int]] = {}
+        """Text and size in bytes, by text key suffix, oldest first."""
+
+    def missing(self, entries: Iterable[Fields]) -> set[str]:
+        """The text keys to read before `entries` (in stream order) can be rebuilt: those of parts that
+        start in the middle, before the first piece of them seen here."""
+        sizes = {suffix: size for suffix, (_, size) in self.known.items()}
+        wanted: set[str] = set()
+        for fields in entries:
+            suffix = fields.get("k")
+            if suffix is None:
+                continue
+            size, piece = int(fields["n"]), len(fields["x"].encode())
+            if size != piece and sizes.get(suffix, -1) + piece != size:
+                wanted.add(suffix)
+            sizes[suffix] = size
+        return wanted
+
+    def event(self, fields: Fields, stored: Mapping[str, str]) -> Event | None:
+        """The event of an entry; None when its text is in neither the pieces seen nor `stored`."""
+        suffix = fields.get("k")
+        if suffix is None:
+            return Event.from_record(fields)
+        piece: str = fields["x"]
+        size, piece_size = int(fields["n"]), len(piece.encode())
+        have = self.known.get(suffix)
+        if have is not None and have[1] + piece_size == size:
+            text = have[0] + piece
+        elif piece_size == size:
+            text = piece
+        else:
+            whole = stored.get(suffix, "").encode()
+            if len(whole) < size:
+                return None
+            text = whole[:size].decode()
+        known = self.known
+        if have is None and len(known) >= _FOLLOWED_TEXTS:
+            del known[next(iter(known))]
+        known[suffix] = (text, size)
+        return _text_event(fields, text, piece)
+
+
+def _text_event(fields: Fields, text: str, piece: str) -> Event:
+    """A streamed text update from its stored form: the rest of its data, then `text` and `delta`."""
+    rest: str = fields["d"]
+    data = json.loads(rest)
+    data["text"] = text
+    data["delta"] = piece
+    encoded_text = json.dumps(text, ensure_ascii=False)
+    encoded_piece = json.dumps(piece, ensure_ascii=False)
+    # The same JSON as `Event.json` would make of `data`, without encoding the rest again.
+    joiner = "," if len(data) > 2 else ""
+    wire = f'{rest[:-1]}{joiner}"text":{encoded_text},"delta":{encoded_piece}}}'
+    return Event(
+        session_id=fields["s"],
+        seq=int(fields["q"]),
+        type=fields["t"],
+        data=data,
+        turn_id=fields.get("u") or None,
+        _json=wire,
+    )
+
+
 @dataclass(eq=False, slots=True)
 class _Follow:
     """The reader's position in one session's stream, and the local queues fed from it."""
@@ -117,6 +234,7 @@ class _Follow:
     last_id: str
     last_seq: int | None
     queues: set[asyncio.Queue[Any]] = field(default_factory=set)
+    texts: _Texts = field(default_factory=_Texts)
 
 
 def _sid(stream_id: str) -> tuple[int, int]:
@@ -185,6 +303,7 @@ class RedisEventBus:
         self._seed = self._redis.register_script(_SEED)
         self._replay = self._redis.register_script(_REPLAY)
         self._follows: dict[str, _Follow] = {}
+        self._published: dict[tuple[str, str], _Published] = {}
         self._reader_task: asyncio.Task[None] | None = None
         self._blocked_on: frozenset[str] | None = None
         self._wake_pending = False
@@ -210,26 +329,60 @@ class RedisEventBus:
     def _session_of(self, stream_key: str) -> str:
         return stream_key.removeprefix(f"{self.prefix}:events:")
 
+    def _text_key(self, session_id: str, suffix: str) -> str:
+        return f"{self.prefix}:text:{session_id}:{suffix}"
+
     # the port
 
     async def publish(
         self, session_id: str, type: str, data: dict[str, Any], turn_id: str | None = None
     ) -> Event:
         event = Event(session_id=session_id, seq=0, type=type, data=data, turn_id=turn_id)
-        args: list[str | int] = [self.buffer_size, self.ttl_s, session_id, type, event.json, turn_id or ""]
-        try:
-            seq, _ = await self._publish(
-                keys=[self._seq_key(session_id), self._stream_key(session_id)], args=args
+        keys = [self._seq_key(session_id), self._stream_key(session_id)]
+        args: list[str | int] = [self.buffer_size, self.ttl_s, session_id, type]
+        streamed = streamed_text(type, data)
+        if streamed is None:
+            event.seq = await self._append(
+                keys + keys[1:], [*args, event.json, turn_id or "", "", "", "", ""]
             )
+            return event
+        part_id, text, piece = streamed
+        rest = {name: value for name, value in data.items() if name != "text" and name != "delta"}
+        args += [json.dumps(rest, separators=(",", ":"), ensure_ascii=False), turn_id or ""]
+        published = self._published.get((session_id, part_id))
+        if (
+            published is not None
+            and len(text) == len(published.text) + len(piece)
+            and text.startswith(published.text)
+        ):
+            key = self._text_key(session_id, published.suffix)
+            seq = await self._append([*keys, key], [*args, published.suffix, piece, published.size, ""])
+            if seq != -1:
+                published.text, published.size = text, published.size + len(piece.encode())
+                event.seq = seq
+                return event
+        # A new part, a text that does not extend the last one, or a key that changed meanwhile: a new key.
+        suffix = f"{part_id}.{uuid.uuid4().hex[:12]}"
+        key = self._text_key(session_id, suffix)
+        event.seq = await self._append([*keys, key], [*args, suffix, piece, "", text])
+        self._published.pop((session_id, part_id), None)
+        if len(self._published) >= _PUBLISHED_TEXTS:
+            del self._published[next(iter(self._published))]
+        self._published[(session_id, part_id)] = _Published(suffix, text, len(text.encode()))
+        return event
+
+    async def _append(self, keys: list[str], args: list[str | int]) -> int:
+        """Run the publish script; the event's seq, or -1 when an append found another text length."""
+        try:
+            seq, _ = await self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             await self._lost(exc)
             raise BusUnavailable(f"event bus unavailable: could not publish to Redis ({exc})") from exc
-        event.seq = int(seq)
-        return event
+        return int(seq)
 
     async def replay(self, session_id: str, after_seq: int) -> Replay:
         current, oldest, _newest, entries = await self._run_replay(session_id, after_seq, "+")
-        return _replay(after_seq, current, oldest, entries)
+        return await self._replay_of(session_id, after_seq, current, oldest, entries)
 
     async def subscribe(
         self, session_id: str, after_seq: int | None, heartbeat_s: float | None = None
@@ -334,6 +487,46 @@ class RedisEventBus:
             raise BusUnavailable(f"event bus unavailable: could not read from Redis ({exc})") from exc
         return int(current), _entries(oldest), _entries(newest), _entries(entries)
 
+    async def _replay_of(
+        self,
+        session_id: str,
+        after: int,
+        current: int,
+        oldest: Sequence[tuple[str, Fields]],
+        newest_first: Sequence[tuple[str, Fields]],
+    ) -> Replay:
+        """The same answer as the in-process bus: events after `after`, and whether some were dropped."""
+        oldest_seq = int(oldest[0][1]["q"]) if oldest else None
+        gap = after < current and (oldest_seq is None or after + 1 < oldest_seq)
+        entries = [f for _, f in reversed(newest_first) if int(f["q"]) > after] if after < current else []
+        texts = _Texts()
+        stored = await self._stored(session_id, texts.missing(entries))
+        events: list[Event] = []
+        lost = False
+        for fields in entries:
+            event = texts.event(fields, stored)
+            if event is None:  # its part's text expired: the replay starts after it, with a gap
+                events.clear()
+                lost = True
+            else:
+                events.append(event)
+        if lost:
+            gap, oldest_seq = True, events[0].seq if events else None
+        return Replay(events=events, gap=gap, oldest_seq=oldest_seq)
+
+    async def _stored(self, session_id: str, suffixes: Collection[str]) -> dict[str, str]:
+        """The stored text of each named part of a session (those whose key still exists)."""
+        if not suffixes:
+            return {}
+        names = list(suffixes)
+        try:
+            values = await self._redis.mget([self._text_key(session_id, suffix) for suffix in names])
+        except (RedisError, OSError) as exc:
+            await self._lost(exc)
+            raise BusUnavailable(f"event bus unavailable: could not read from Redis ({exc})") from exc
+        # decode_responses: values are str.
+        return {suffix: str(value) for suffix, value in zip(names, values, strict=True) if value is not None}
+
     async def _join(
         self, session_id: str, after_seq: int | None, queue: asyncio.Queue[Any]
     ) -> tuple[_Follow, Replay | None]:
@@ -353,10 +546,10 @@ class RedisEventBus:
             upto = follow.last_id
             try:
                 current, oldest, _, entries = await self._run_replay(session_id, after, upto)
+                return follow, await self._replay_of(session_id, after, current, oldest, entries)
             except BaseException:
                 self._leave(session_id, follow, queue)
                 raise
-            return follow, _replay(after, current, oldest, entries)
 
         current, oldest, newest, entries = await self._run_replay(session_id, after, "+")
         head_id, head_seq = (newest[0][0], int(newest[0][1]["q"])) if newest else ("0-0", None)
@@ -381,7 +574,11 @@ class RedisEventBus:
             raise
         if after_seq is None:
             return follow, None
-        return follow, _replay(after, current, oldest, entries)
+        try:
+            return follow, await self._replay_of(session_id, after, current, oldest, entries)
+        except BaseException:
+            self._leave(session_id, follow, queue)
+            raise
 
     def _leave(self, session_id: str, follow: _Follow, queue: asyncio.Queue[Any]) -> None:
         follow.queues.discard(queue)
@@ -431,7 +628,15 @@ class RedisEventBus:
                     response = await reader.xread(streams, count=self.read_count, block=self.block_ms)  # type: ignore[arg-type]
                 finally:
                     self._blocked_on = None
-                self._dispatch(response)
+                batches = self._batches(response)
+                stored = {
+                    session_id: await self._stored(
+                        session_id, follow.texts.missing(fields for _, fields in entries)
+                    )
+                    for session_id, (follow, entries) in batches.items()
+                    if any("k" in fields for _, fields in entries)
+                }
+                self._dispatch(batches, stored)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -448,7 +653,9 @@ class RedisEventBus:
             with contextlib.suppress(Exception):
                 await reader.aclose()
 
-    def _dispatch(self, response: Any) -> None:
+    def _batches(self, response: Any) -> dict[str, tuple[_Follow, list[tuple[str, Fields]]]]:
+        """XREAD's new entries by followed session (the wake stream only moves its own position)."""
+        batches: dict[str, tuple[_Follow, list[tuple[str, Fields]]]] = {}
         for key, raw in _stream_items(response):
             entries = _entries(raw)
             if not entries:
@@ -458,25 +665,44 @@ class RedisEventBus:
                 continue
             session_id = self._session_of(str(key))
             follow = self._follows.get(session_id)
-            if follow is None:
-                continue
+            if follow is not None:
+                last = _sid(follow.last_id)
+                batches[session_id] = (follow, [e for e in entries if _sid(e[0]) > last])
+        return batches
+
+    def _dispatch(
+        self,
+        batches: Mapping[str, tuple[_Follow, list[tuple[str, Fields]]]],
+        stored: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        for session_id, (follow, entries) in batches.items():
+            if self._follows.get(session_id) is not follow:
+                continue  # left, or followed anew, while the texts were read
+            texts = stored.get(session_id, {})
             for entry_id, fields in entries:
                 if _sid(entry_id) <= _sid(follow.last_id):
                     continue
-                event = Event.from_record(fields)
+                seq = int(fields["q"])
                 prev = fields.get("p")
-                if (
-                    follow.last_seq is not None
-                    and event.seq != follow.last_seq + 1
-                    and (not prev or int(prev) != follow.last_seq)
-                ):
+                last = follow.last_seq
+                if last is not None and seq != last + 1 and (not prev or int(prev) != last):
                     # Entries were trimmed before this process read them (or Redis lost the session's
                     # keys): end the local subscribers; they resume and are told about the gap.
                     log.warning(
                         "session %s: events %d..%d missed by this replica; closing its %d subscribers",
                         session_id,
-                        follow.last_seq + 1,
-                        event.seq - 1,
+                        last + 1,
+                        seq - 1,
+                        len(follow.queues),
+                    )
+                    self._end(session_id, follow, _CLOSED)
+                    break
+                event = follow.texts.event(fields, texts)
+                if event is None:  # its part's text expired or was evicted: the same as a lost event
+                    log.warning(
+                        "session %s: the text of event %d is gone from Redis; closing its %d subscribers",
+                        session_id,
+                        seq,
                         len(follow.queues),
                     )
                     self._end(session_id, follow, _CLOSED)
@@ -503,20 +729,3 @@ class RedisEventBus:
     def _end_all(self, item: object) -> None:
         for session_id, follow in list(self._follows.items()):
             self._end(session_id, follow, item)
-
-
-def _replay(
-    after: int,
-    current: int,
-    oldest: Sequence[tuple[str, dict[str, Any]]],
-    newest_first: Sequence[tuple[str, dict[str, Any]]],
-) -> Replay:
-    """The same answer as the in-process bus: events after `after`, and whether some were dropped."""
-    oldest_seq = int(oldest[0][1]["q"]) if oldest else None
-    events: list[Event] = []
-    if after < current:
-        for _, fields in reversed(newest_first):
-            if int(fields["q"]) > after:
-                events.append(Event.from_record(fields))
-    gap = after < current and (oldest_seq is None or after + 1 < oldest_seq)
-    return Replay(events=events, gap=gap, oldest_seq=oldest_seq)

@@ -76,6 +76,20 @@ class Event:
         )
 
 
+def streamed_text(kind: str, data: dict[str, Any]) -> tuple[str, str, str] | None:
+    """`(partId, text, delta)` of a streamed text part update, whose data ends with the whole `text` so
+    far and the `delta` that ends it; None for any other event. Buses may keep these compactly."""
+    if kind != MESSAGE_PART_UPDATED or len(data) < 3:
+        return None
+    keys = reversed(data)
+    if next(keys) != "delta" or next(keys) != "text":
+        return None
+    text, delta, part_id = data["text"], data["delta"], data.get("partId")
+    if type(text) is str and type(delta) is str and type(part_id) is str and text.endswith(delta):
+        return part_id, text, delta
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     """Buffered events after a point, and whether some were already dropped from the buffer."""
