@@ -49,6 +49,20 @@ DIRECT_BODY = {
     "messages": [{"role": "user", "content": PROMPT}],
 }
 PLAIN_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
+
+
+def bodies(tokens: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The turn's body for Chambers and for the direct baseline; with `tokens`, a prompt that asks the
+    fake upstream for that many deltas instead of its default (`[fake-tokens=N]`)."""
+    if tokens is None:
+        return TURN_BODY, DIRECT_BODY
+    prompt = f"{PROMPT} [fake-tokens={tokens}]"
+    return {"parts": [{"type": "text", "text": prompt}]}, {
+        **DIRECT_BODY,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+
+
 # What a request can fail with on the way (connection, protocol, timeout), as opposed to an HTTP status.
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 now = time.perf_counter
@@ -142,12 +156,14 @@ def _field(event: bytes, name: bytes) -> bytes:
     return b""
 
 
-async def chambers_turn(client: aiohttp.ClientSession, chat_id: str, token_len: int) -> Stream:
+async def chambers_turn(
+    client: aiohttp.ClientSession, chat_id: str, token_len: int, body: dict[str, Any] = TURN_BODY
+) -> Stream:
     """POST /agent/v1/chat/{id}/respond and read the turn's SSE until `turn.completed`."""
     stream = Stream(start=now())
     deltas = _Deltas(stream, token_len)
     try:
-        async with client.post(f"/agent/v1/chat/{chat_id}/respond", json=TURN_BODY) as resp:
+        async with client.post(f"/agent/v1/chat/{chat_id}/respond", json=body) as resp:
             stream.headers = now() - stream.start
             if resp.status != 200:
                 await resp.read()
@@ -176,12 +192,14 @@ async def chambers_turn(client: aiohttp.ClientSession, chat_id: str, token_len: 
     return stream
 
 
-async def direct_turn(client: aiohttp.ClientSession, token_len: int) -> Stream:
+async def direct_turn(
+    client: aiohttp.ClientSession, token_len: int, body: dict[str, Any] = DIRECT_BODY
+) -> Stream:
     """The baseline: the same client streaming a completion from the fake upstream directly."""
     stream = Stream(start=now())
     deltas = _Deltas(stream, token_len)
     try:
-        async with client.post("/v1/chat/completions", json=DIRECT_BODY) as resp:
+        async with client.post("/v1/chat/completions", json=body) as resp:
             stream.headers = now() - stream.start
             if resp.status != 200:
                 await resp.read()
@@ -417,16 +435,19 @@ class Scenario:
         await asyncio.gather(*(chambers_turn(self.chambers.pick(), s, self.token_len) for s in sessions))
         await asyncio.gather(*(direct_turn(self.direct.pick(), self.token_len) for _ in sessions))
 
-    def starter(self, target: str, sessions: list[str]) -> Callable[[int], Awaitable[Stream]]:
+    def starter(
+        self, target: str, sessions: list[str], tokens: int | None = None
+    ) -> Callable[[int], Awaitable[Stream]]:
         """Starts stream `i` of a phase: a direct completion (also through the floor's relay), or a turn
-        on `sessions[i]`."""
+        on `sessions[i]`; of `tokens` deltas when given, else of the fake's default."""
+        turn, direct = bodies(tokens)
         if target == "direct":
-            return lambda _i: direct_turn(self.direct.pick(), self.token_len)
+            return lambda _i: direct_turn(self.direct.pick(), self.token_len, direct)
         if target == "floor":
             assert self.floor is not None
             floor = self.floor
-            return lambda _i: direct_turn(floor.pick(), self.token_len)
-        return lambda i: chambers_turn(self.chambers.pick(), sessions[i], self.token_len)
+            return lambda _i: direct_turn(floor.pick(), self.token_len, direct)
+        return lambda i: chambers_turn(self.chambers.pick(), sessions[i], self.token_len, turn)
 
 
 def _added(reps: list[dict[str, Any]], metric: str, pct: str, target: str = "chambers") -> float:
@@ -475,7 +496,48 @@ async def turn_overhead(sc: Scenario) -> dict[str, Any]:
         if added_ttft > overload_ms or server_cpu > 0.9:
             overloaded = True
         out.append({"rate": rate, "turns_per_rep": count, "reps": reps_out, "overloaded": overloaded})
-    return {"rates": out}
+    result: dict[str, Any] = {"rates": out}
+    if cfg.get("live"):
+        result["live"] = await _with_live_streams(sc, cfg["live"])
+    return result
+
+
+async def _with_live_streams(sc: Scenario, live: dict[str, Any]) -> dict[str, Any]:
+    """Metric 1 at its rate with as many streams live as asked: turns long enough (`tokens` deltas) that
+    `rate` new ones a second keep about `rate` x turn length streaming. Turns start for `warm_s` (until
+    the live count is reached), then `measure_s`, then as long again as a turn lasts, so the turns
+    measured (those started in the middle window) stream from start to end among that many others."""
+    rate, tokens = float(live["rate"]), int(live["tokens"])
+    warm_s, measure_s, tail_s = float(live["warm_s"]), float(live["measure_s"]), float(live["tail_s"])
+    count = int(rate * (warm_s + measure_s + tail_s))
+    measured = slice(int(rate * warm_s), int(rate * (warm_s + measure_s)))
+    reps_out: list[dict[str, Any]] = []
+    for rep in range(int(live["reps"])):
+        sessions = await create_sessions(sc.chambers, count)
+        entry: dict[str, Any] = {"rep": rep + 1}
+        for target in ("direct", "chambers"):
+            await sc.settle()
+            sc.cpu.start()
+            t0 = now()
+            streams, shape = await open_loop(sc.starter(target, sessions, tokens), rate, count, 600)
+            stats = stream_stats(streams[measured], now() - t0)
+            stats["all_errors"] = sum(1 for s in streams if not s.ok)
+            stats["cpu"] = sc.cpu.stop()
+            stats["load"] = shape
+            entry[target] = stats
+        log(
+            f"{rate:g}/s with {shape['mean_live_second_half']:.0f} live: added gap p99 "
+            f"{entry['chambers']['gap_ms']['p99'] - entry['direct']['gap_ms']['p99']:+.1f} ms, "
+            f"server CPU {entry['chambers']['cpu']['server']:.2f}"
+        )
+        reps_out.append(entry)
+    return {
+        "rate": rate,
+        "tokens": tokens,
+        "turns_per_rep": count,
+        "measured": measured.stop - measured.start,
+        "reps": reps_out,
+    }
 
 
 async def capacity(sc: Scenario) -> dict[str, Any]:

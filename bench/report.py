@@ -144,6 +144,29 @@ def summary(doc: dict[str, Any]) -> list[Row]:
         rows.append(_row(group, "CPU of other processes on the machine", "cores", None, others, None))
         errors = _med(reps, "chambers", "error_rate") * 100
         rows.append(_row(group, "errors", "%", _med(reps, "direct", "error_rate") * 100, errors))
+    live = _ok(raw, "turn_overhead").get("live")
+    if live:
+        reps = live["reps"]
+        streaming = _med(reps, "chambers", "load", "mean_live_second_half")
+        long_shape = f"{live['tokens']} deltas, {up['ttft'] * 1000:g} ms TTFT, {up['gap'] * 1000:g} ms apart"
+        group = (
+            f"1. Per-turn overhead at {live['rate']:g} new turns/s with {streaming:.0f} live streams "
+            f"({long_shape}; the {live['measured']} turns started once that many were live)"
+        )
+        rows += [
+            _paired(group, "TTFT p50", reps, "ttft_ms", "p50", limit=TTFT_P50_MS),
+            _paired(group, "TTFT p99", reps, "ttft_ms", "p99", limit=TTFT_P99_MS),
+            _paired(group, "gap between deltas p50", reps, "gap_ms", "p50"),
+            _paired(group, "gap between deltas p99", reps, "gap_ms", "p99", limit=GAP_P99_MS),
+            _row(group, "server CPU", "cores", None, _med(reps, "chambers", "cpu", "server"), None, "", None),
+            _row(
+                group,
+                "errors",
+                "%",
+                _med(reps, "direct", "error_rate") * 100,
+                _med(reps, "chambers", "error_rate") * 100,
+            ),
+        ]
     cap = _ok(raw, "capacity")
     if cap:
         group = f"2. Stream capacity ({shape}; one session per stream)"

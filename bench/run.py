@@ -72,6 +72,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "duration_s": 5,
             "reps": 3,
             "warmup_turns": 20,
+            # The shape to the letter: 20 new turns/s with 200 live streams (500-delta turns).
+            "live": {"rate": 20, "tokens": 500, "warm_s": 10.5, "measure_s": 5, "tail_s": 10.5, "reps": 3},
         },
         "capacity": {
             "levels": [1, 5, 10, 20, 40, 80, 160, 320, 400, 480, 560, 640, 800, 1000, 1500],

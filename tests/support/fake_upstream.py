@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import json
+import re
 import socket
 import threading
 import time
@@ -122,6 +124,21 @@ class Reply:
 
 
 DEFAULT_REPLY = Reply([Text("ok", chunks=1)])
+
+SIZED = re.compile(rb"\[fake-tokens=(\d{1,6})\]")
+"""In a request's body, asks a default reply of `Tokens` for that many deltas instead (the benchmarks'
+long turns); scripted replies ignore it."""
+
+
+def _sized(reply: Reply, raw: bytes) -> Reply:
+    """`reply` with as many deltas as the body asks for, when it is one run of `Tokens` and the body asks."""
+    match = SIZED.search(raw)
+    items = reply.parts()
+    if match is None or len(items) != 1 or not isinstance(items[0], Tokens):
+        return reply
+    count = int(match[1])
+    usage = None if reply.usage is None else Usage(reply.usage.input_tokens, count)
+    return dataclasses.replace(reply, items=[Tokens(count, items[0].text)], usage=usage)
 
 
 @dataclass
@@ -653,7 +670,7 @@ class FakeUpstream:
             return JSONResponse(_error_body(wire, 400, "body is not a JSON object"), status_code=400)
         rec = RecordedRequest(path=request.url.path, json=body, headers=dict(request.headers), wire=wire)
         with self._cond:
-            reply = self._queue.popleft() if self._queue else self.default_reply
+            reply = self._queue.popleft() if self._queue else _sized(self.default_reply, raw)
             self.requests.append(rec)
             self._notify_locked()
 
@@ -841,7 +858,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: serve the same streamed reply to every request, forever."""
+    """CLI: serve the same streamed reply to every request, forever (`[fake-tokens=N]` in a prompt asks
+    for N deltas instead)."""
     parser = argparse.ArgumentParser(prog="python -m tests.support.fake_upstream", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see the READY line)")
