@@ -170,6 +170,26 @@ async def test_the_memory_buffer_lets_go_of_the_parts_it_no_longer_holds() -> No
     assert len(replay.events[-1].data["text"]) == 100_000
 
 
+async def test_the_memory_buffer_leaves_the_garbage_collector_little_to_walk() -> None:
+    """A full collection walks every object it tracks, and a server keeps the buffers of many sessions:
+    as one object each, 1,500 buffers of 500 streamed updates made one take 93 ms, a stall of every
+    stream. Buffered updates are plain tuples, which the collector stops tracking."""
+    bus = MemoryEventBus(buffer_size=1000)
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(50):
+        session, text = new_session(), ""
+        await bus.publish(session, "turn.started", {"turnId": "turn_1"}, "turn_1")
+        for i in range(200):
+            text += f"{i} "
+            await bus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", text, f"{i} "), "turn_1")
+    gc.collect()
+    tracked = len(gc.get_objects()) - before
+    assert tracked < 1_000, f"{tracked} more objects tracked for 10,000 buffered updates"
+    replay = await bus.replay(session, 150)
+    assert [e.data["text"] for e in replay.events][-1] == text and replay.events[0].seq == 151
+
+
 async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:
     """Live subscribers get the very event `publish` made (encoded once for all); the buffer and replays
     hold their own events on the same data, so no cached encoding settles in the buffer."""
