@@ -190,6 +190,33 @@ async def test_the_memory_buffer_leaves_the_garbage_collector_little_to_walk() -
     assert [e.data["text"] for e in replay.events][-1] == text and replay.events[0].seq == 151
 
 
+async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_ones() -> None:
+    """Buffers would otherwise live as long as the process, one per session ever seen. As Redis expires
+    its keys, a buffer unused for `idle_s` with no subscriber goes; a replay then reports the gap and
+    numbering goes on from the store's count (`seed`)."""
+    clock = [1000.0]
+    bus = MemoryEventBus(idle_s=600, clock=lambda: clock[0])
+    quiet, followed, busy = new_session(), new_session(), new_session()
+    await publish_n(bus, quiet, 3)
+    await publish_n(bus, followed, 2)
+    async with subscribed(bus, followed, 2) as sub:
+        await first_replay(sub)
+        clock[0] += 601
+        await publish_n(bus, busy, 1)  # a publish sweeps, at most once a minute
+        assert bus.sessions() == 2  # `quiet` went; `followed` stays while someone follows it
+        await bus.seed(quiet, 3)  # as the API does from the store before a replay or a turn
+        replay = await bus.replay(quiet, 1)
+        assert (replay.events, replay.gap) == ([], True)
+        assert seqs(await publish_n(bus, quiet, 1)) == [4]
+        await publish_n(bus, followed, 1)
+        assert seqs(await next_events(sub, 1)) == [3]
+    forever = MemoryEventBus(idle_s=0, clock=lambda: clock[0])
+    await publish_n(forever, quiet, 1)
+    clock[0] += 10**9
+    await publish_n(forever, busy, 1)
+    assert forever.sessions() == 2
+
+
 async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:
     """Live subscribers get the very event `publish` made (encoded once for all); the buffer and replays
     hold their own events on the same data, so no cached encoding settles in the buffer."""

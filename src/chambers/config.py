@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     max_parts: int = Field(default=64, ge=1)
 
     event_buffer_size: int = Field(default=1000, ge=500, description="Events kept per session for replay.")
+    event_buffer_idle_s: float = Field(
+        default=86_400,
+        ge=0,
+        description="The in-process bus drops a session's buffer unused this long; 0 keeps it.",
+    )
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     part_update_window_ms: float = Field(
         default=15.0, ge=0, description="Text deltas after the first are coalesced within this window."

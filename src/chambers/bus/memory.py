@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from operator import eq, is_
 from typing import Any
 
@@ -61,11 +62,13 @@ def _seq_of(kept: Event | _Update) -> int:
 
 
 class _Log:
-    __slots__ = ("buffer", "next_key", "parts", "seq", "session_id", "shared", "subscribers")
+    __slots__ = ("buffer", "next_key", "parts", "seq", "session_id", "shared", "subscribers", "used")
 
     def __init__(self, session_id: str, size: int) -> None:
         self.session_id = session_id
         self.seq = 0
+        self.used = 0.0
+        """When the bus last published, replayed, counted or subscribed on this session (its clock)."""
         self.buffer: deque[Event | _Update] = deque(maxlen=size)
         self.shared: dict[int, _Shared] = {}
         """What the buffered text updates cut their data from, by key."""
@@ -140,22 +143,63 @@ class _Log:
 
 
 class MemoryEventBus:
-    """The EventBus for one process. A slow subscriber past `queue_limit` is dropped (it can resume)."""
+    """The EventBus for one process. A slow subscriber past `queue_limit` is dropped (it can resume).
 
-    def __init__(self, buffer_size: int = 1000, queue_limit: int = 10_000) -> None:
+    A session's buffer is dropped once it has gone `idle_s` seconds unused with no subscriber (0 keeps
+    every one for the process's life), as Redis expires its keys: a later replay reports the gap, and
+    numbering goes on from the store's count (`seed`).
+    """
+
+    def __init__(
+        self,
+        buffer_size: int = 1000,
+        queue_limit: int = 10_000,
+        idle_s: float = 86_400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.buffer_size = buffer_size
         self.queue_limit = queue_limit
-        self._logs: dict[str, _Log] = {}
+        self.idle_s = idle_s
+        self._clock = clock
+        self._logs: OrderedDict[str, _Log] = OrderedDict()
+        """Least recently used first."""
+        self._next_sweep = 0.0
 
     def _log(self, session_id: str) -> _Log:
-        log = self._logs.get(session_id)
+        logs = self._logs
+        log = logs.get(session_id)
         if log is None:
-            log = self._logs[session_id] = _Log(session_id, self.buffer_size)
+            log = logs[session_id] = _Log(session_id, self.buffer_size)
+        else:
+            logs.move_to_end(session_id)
+        log.used = self._clock()
         return log
+
+    def _sweep(self) -> None:
+        """Drop the buffers unused for `idle_s`, at most once a minute (or once per `idle_s`)."""
+        now = self._clock()
+        if not self.idle_s or now < self._next_sweep:
+            return
+        self._next_sweep = now + min(60.0, self.idle_s)
+        logs, before = self._logs, now - self.idle_s
+        while logs:
+            session_id, log = next(iter(logs.items()))
+            if log.used >= before:
+                return
+            if log.subscribers:  # someone still follows it: in use
+                log.used = now
+                logs.move_to_end(session_id)
+            else:
+                del logs[session_id]
+
+    def sessions(self) -> int:
+        """How many sessions' buffers this bus holds."""
+        return len(self._logs)
 
     async def publish(
         self, session_id: str, type: str, data: dict[str, Any], turn_id: str | None = None
     ) -> Event:
+        self._sweep()
         log = self._log(session_id)
         log.seq += 1
         event = Event(session_id, log.seq, type, data, turn_id)
