@@ -41,7 +41,7 @@ fmt: $(VENV)/.synced
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
 
-bench: $(VENV)/.synced  ## Full benchmarks (about 20 min): bench/results/, docs/benchmarks.md.
+bench: $(VENV)/.synced  ## Full benchmarks (about 25 min): bench/results/, docs/benchmarks.md.
 	$(VENV)/bin/python -m bench.run full
 
 bench-quick: $(VENV)/.synced  ## Short benchmarks (about a minute, CI-like): bench/results/, docs/benchmarks/quick.md.
