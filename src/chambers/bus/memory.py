@@ -175,9 +175,8 @@ class MemoryEventBus:
         log.used = self._clock()
         return log
 
-    def _sweep(self) -> None:
+    def _sweep(self, now: float) -> None:
         """Drop the buffers unused for `idle_s`, at most once a minute (or once per `idle_s`)."""
-        now = self._clock()
         if not self.idle_s or now < self._next_sweep:
             return
         self._next_sweep = now + min(60.0, self.idle_s)
@@ -199,8 +198,9 @@ class MemoryEventBus:
     async def publish(
         self, session_id: str, type: str, data: dict[str, Any], turn_id: str | None = None
     ) -> Event:
-        self._sweep()
         log = self._log(session_id)
+        # After taking the log: the session published to is the newest, so it is never the one dropped.
+        self._sweep(log.used)
         log.seq += 1
         event = Event(session_id, log.seq, type, data, turn_id)
         log.keep(log.seq, type, data, turn_id)
