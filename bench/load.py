@@ -412,7 +412,8 @@ class Scenario:
         self.server_pid = int(cfg["server_pid"])
         self.chambers = Clients(cfg["chambers_url"], cfg["key"])
         self.direct = Clients(cfg["upstream_url"], "bench-key")
-        # The floor (capacity only): a bare relay to the fake on the server's libraries, `bench.passthrough`.
+        # The floor (capacity, and metric 1's live shape): a bare relay to the fake on the server's
+        # libraries, `bench.passthrough`.
         self.floor = Clients(cfg["floor_url"], "bench-key") if cfg.get("floor_url") else None
         pids = {"server": self.server_pid, "upstream": int(cfg["upstream_pid"]), "client": os.getpid()}
         if cfg.get("floor_pid"):
@@ -506,7 +507,8 @@ async def _with_live_streams(sc: Scenario, live: dict[str, Any]) -> dict[str, An
     """Metric 1 at its rate with as many streams live as asked: turns long enough (`tokens` deltas) that
     `rate` new ones a second keep about `rate` x turn length streaming. Turns start for `warm_s` (until
     the live count is reached), then `measure_s`, then as long again as a turn lasts, so the turns
-    measured (those started in the middle window) stream from start to end among that many others."""
+    measured (those started in the middle window) stream from start to end among that many others.
+    When the run has a floor, it is measured in the same shape: what a relay that does nothing else adds."""
     rate, tokens = float(live["rate"]), int(live["tokens"])
     warm_s, measure_s, tail_s = float(live["warm_s"]), float(live["measure_s"]), float(live["tail_s"])
     count = int(rate * (warm_s + measure_s + tail_s))
@@ -515,7 +517,7 @@ async def _with_live_streams(sc: Scenario, live: dict[str, Any]) -> dict[str, An
     for rep in range(int(live["reps"])):
         sessions = await create_sessions(sc.chambers, count)
         entry: dict[str, Any] = {"rep": rep + 1}
-        for target in ("direct", "chambers"):
+        for target in ("direct", "floor", "chambers") if sc.floor is not None else ("direct", "chambers"):
             await sc.settle()
             sc.cpu.start()
             t0 = now()
@@ -525,10 +527,11 @@ async def _with_live_streams(sc: Scenario, live: dict[str, Any]) -> dict[str, An
             stats["cpu"] = sc.cpu.stop()
             stats["load"] = shape
             entry[target] = stats
+        added = {t: entry[t]["gap_ms"]["p99"] - entry["direct"]["gap_ms"]["p99"] for t in entry if t != "rep"}
         log(
             f"{rate:g}/s with {shape['mean_live_second_half']:.0f} live: added gap p99 "
-            f"{entry['chambers']['gap_ms']['p99'] - entry['direct']['gap_ms']['p99']:+.1f} ms, "
-            f"server CPU {entry['chambers']['cpu']['server']:.2f}"
+            + ", ".join(f"{t} {a:+.1f} ms" for t, a in added.items() if t != "direct")
+            + f"; server CPU {entry['chambers']['cpu']['server']:.2f}"
         )
         reps_out.append(entry)
     return {

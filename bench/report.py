@@ -158,6 +158,18 @@ def summary(doc: dict[str, Any]) -> list[Row]:
             _paired(group, "TTFT p99", reps, "ttft_ms", "p99", limit=TTFT_P99_MS),
             _paired(group, "gap between deltas p50", reps, "gap_ms", "p50"),
             _paired(group, "gap between deltas p99", reps, "gap_ms", "p99", limit=GAP_P99_MS),
+        ]
+        if "floor" in reps[0]:  # the bare relay in the same shape, in the Chambers column (runs after run I)
+            for label, key, pct, limit in (
+                ("TTFT p50", "ttft_ms", "p50", TTFT_P50_MS),
+                ("TTFT p99", "ttft_ms", "p99", TTFT_P99_MS),
+                ("gap between deltas p99", "gap_ms", "p99", GAP_P99_MS),
+            ):
+                label = f"{label}, floor (bare relay, not Chambers)"
+                rows.append(_paired(group, label, reps, key, pct, side="floor", limit=limit))
+            floor_cpu = _med(reps, "floor", "cpu", "floor")
+            rows.append(_row(group, "floor CPU (bare relay)", "cores", None, floor_cpu, None, "", None))
+        rows += [
             _row(group, "server CPU", "cores", None, _med(reps, "chambers", "cpu", "server"), None, "", None),
             _row(
                 group,

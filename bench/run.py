@@ -137,7 +137,7 @@ def run_load(name: str, cfg: dict[str, Any], server: ServerProcess, upstream: Fa
     print(f"== {name} {json.dumps(cfg)}", flush=True)
     started = time.monotonic()
     with ExitStack() as stack:
-        if name == "capacity":  # measured beside the floor: a relay that does nothing but relay
+        if name == "capacity" or cfg.get("live"):  # measured beside the floor: a relay that only relays
             floor = stack.enter_context(PassthroughProcess(upstream.url))
             full.update(floor_url=floor.url, floor_pid=floor.pid)
         result = load_process(full, 1800, name, lambda: "".join(server.output[-30:]))
