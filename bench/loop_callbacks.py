@@ -1,6 +1,6 @@
 """Which callbacks hold the event loop longest, under a steady rate of streamed turns.
 
-    python -m bench.loop_callbacks [--rate 20] [--seconds 5] [--threshold-ms 1] [--top 15]
+    python -m bench.loop_callbacks [--rate 20] [--seconds 5] [--tokens N] [--threshold-ms 1] [--top 15]
 
 A delta of one stream waits for whatever the event loop runs when it arrives, so the added gap's p99
 (metric 1) follows the longest callbacks, not the average cost. This starts the fake upstream with
@@ -10,7 +10,10 @@ times every callback (`bench/loop_site/sitecustomize.py`). New turns arrive at `
 `--seconds`, each on a new session; after they end the server stops and writes its counts. The
 report gives the distribution of callback durations and, for those of `--threshold-ms` or more,
 which task ran them and where its coroutine stood before and after the step (turn and task ids
-folded together).
+folded together). `--tokens 500 --seconds 25` is metric 1's live shape (about 200 streams at once).
+The garbage collector's pauses are reported apart, with what each full collection walked: they hold
+the loop inside whatever callback allocated last, so their time is also in that callback's (and, for
+full ones, the time to count what they walked).
 
 asyncio's loop is slower than uvloop's and the timer costs a little per callback: compare runs of
 this tool with each other, not with the benchmark's figures.
@@ -38,23 +41,28 @@ from bench.common import (
     server_env,
     summarize,
 )
-from bench.load import Clients, chambers_turn, create_sessions, open_loop
+from bench.load import Clients, bodies, chambers_turn, create_sessions, open_loop
 from bench.run import STREAMING
 
 SITE = ROOT / "bench" / "loop_site"
 _IDS = ((re.compile(r"turn_[0-9a-z]{26}"), "turn_…"), (re.compile(r"Task-\d+"), "Task-…"))
 
 
-async def drive(url: str, key: str, rate: float, seconds: float) -> int:
-    """Warm up, then start turns at `rate` a second for `seconds`; the number that completed."""
+async def drive(url: str, key: str, rate: float, seconds: float, tokens: int | None) -> int:
+    """Warm up, then start turns at `rate` a second for `seconds` (of `tokens` deltas when given, else
+    of the fake's default); the number that completed."""
     clients = Clients(url, key)
     try:
         count = max(1, int(rate * seconds))
         warm = await create_sessions(clients, 10)
         await asyncio.gather(*(chambers_turn(clients.pick(), s, len(TOKEN_TEXT)) for s in warm))
         sessions = await create_sessions(clients, count)
+        body, _ = bodies(tokens)
         streams, _ = await open_loop(
-            lambda i: chambers_turn(clients.pick(), sessions[i], len(TOKEN_TEXT)), rate, count, seconds + 60
+            lambda i: chambers_turn(clients.pick(), sessions[i], len(TOKEN_TEXT), body),
+            rate,
+            count,
+            seconds + 60,
         )
         return sum(1 for s in streams if not s.error)
     finally:
@@ -68,9 +76,21 @@ def report(counts: dict[str, Any], top: int, threshold_ms: float) -> str:
         f"{len(durations):,} callbacks: p50 {stats['p50'] * 1000:.0f} µs, p99 {stats['p99']:.2f} ms, "
         f"p99.9 {stats['p999']:.2f} ms, max {stats['max']:.1f} ms",
         "  " + ", ".join(f">= {b:g} ms: {sum(1 for d in durations if d >= b)}" for b in (1, 2, 3, 5, 10)),
-        "",
-        f"callbacks of {threshold_ms:g} ms or more, by task and where it stood before ==> after:",
     ]
+    for generation, pauses in sorted(counts.get("gc_ms", {}).items()):
+        got = sorted(pauses)
+        lines.append(
+            f"  garbage collections of generation {generation}: {len(got)}, "
+            f"p50 {got[len(got) // 2]:.2f} ms, max {got[-1]:.1f} ms, {sum(got):.0f} ms in all, "
+            f"{counts.get('gc_found', {}).get(generation, 0):,} unreachable objects found"
+        )
+    for walked in counts.get("gc_kinds", []):
+        kinds = ", ".join(f"{name} {n:,}" for name, n in walked["top"])
+        lines.append(
+            f"  a full collection of {walked['ms']:.1f} ms walked {walked['objects']:,} objects "
+            f"({walked['frozen']:,} frozen): {kinds}"
+        )
+    lines += ["", f"callbacks of {threshold_ms:g} ms or more, by task and where it stood before ==> after:"]
     folded: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for key, n in counts["long"].items():
         name = key
@@ -89,6 +109,7 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=20.0, help="new turns per second")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--tokens", type=int, default=None, help="deltas per answer (the fake's default)")
     parser.add_argument("--threshold-ms", type=float, default=1.0)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
@@ -106,7 +127,7 @@ def main() -> None:
         server.start()
         try:
             assert server.admin_key is not None
-            done = asyncio.run(drive(server.url, server.admin_key, args.rate, args.seconds))
+            done = asyncio.run(drive(server.url, server.admin_key, args.rate, args.seconds, args.tokens))
         finally:
             server.stop()
     if not out.exists():

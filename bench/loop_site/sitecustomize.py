@@ -25,6 +25,7 @@ if _OUT and _serving():
     import asyncio
     import asyncio.events
     import collections
+    import gc
     import json
     import signal
     import time
@@ -37,6 +38,30 @@ if _OUT and _serving():
     _long: collections.Counter[str] = collections.Counter()
     _long_ms: dict[str, float] = collections.defaultdict(float)
     _path: str = _OUT
+    _gc_ms: dict[int, list[float]] = collections.defaultdict(list)
+    _gc_started = 0.0
+    _gc_kinds: list[dict[str, Any]] = []
+    _gc_found: collections.Counter[int] = collections.Counter()
+
+    def _on_gc(phase: str, info: dict[str, int]) -> None:
+        global _gc_started
+        if phase == "start":
+            _gc_started = time.perf_counter()
+        else:
+            _gc_ms[info["generation"]].append((time.perf_counter() - _gc_started) * 1000)
+            _gc_found[info["generation"]] += info["collected"]
+            if info["generation"] == 2:  # what a full collection walks
+                kinds = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+                _gc_kinds.append(
+                    {
+                        "ms": _gc_ms[2][-1],
+                        "objects": sum(kinds.values()),
+                        "frozen": gc.get_freeze_count(),
+                        "top": kinds.most_common(12),
+                    }
+                )
+
+    gc.callbacks.append(_on_gc)
     _serve = uvicorn.run
 
     def _on_asyncio(app: Any, **options: Any) -> None:
@@ -82,7 +107,15 @@ if _OUT and _serving():
     def _dump(*_: Any) -> None:
         with open(_path, "w") as out:
             json.dump(
-                {"durations_ms": [d * 1000 for d in _durations], "long": _long, "long_ms": _long_ms}, out
+                {
+                    "durations_ms": [d * 1000 for d in _durations],
+                    "long": _long,
+                    "long_ms": _long_ms,
+                    "gc_ms": _gc_ms,
+                    "gc_kinds": _gc_kinds,
+                    "gc_found": _gc_found,
+                },
+                out,
             )
         os._exit(0)
 
