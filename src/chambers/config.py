@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         ge=0,
         description="The in-process bus drops a session's buffer unused this long; 0 keeps it.",
     )
+    gc_full_every: int = Field(
+        default=100,
+        ge=1,
+        description="Collections of the garbage collector's middle generation between full ones "
+        "(Python's default is 10); each full one pauses every stream.",
+    )
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     part_update_window_ms: float = Field(
         default=15.0, ge=0, description="Text deltas after the first are coalesced within this window."

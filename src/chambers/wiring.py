@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from chambers import collector
 from chambers.bus.memory import MemoryEventBus
 from chambers.config import S3Location, Settings
 from chambers.controller_runtime import attach_chat, build_controller  # agent controller
@@ -22,6 +22,7 @@ from chambers.core.reaper import Reaper
 from chambers.core.runs import RunRules, RunService, RunWorkerPool  # runs
 from chambers.core.sessions import SessionRules, SessionService
 from chambers.core.turns import TurnPolicy, TurnRunner
+from chambers.core.usage import preload_prices
 from chambers.sandbox.filesystems import journal_warning
 from chambers.sandbox.host import SessionSandboxes
 from chambers.sandbox.limits import SandboxLimits
@@ -100,9 +101,8 @@ class Services:
 
     async def _preload(self) -> None:
         await asyncio.to_thread(self.runner.loop.preload)
-        # What is loaded by now (modules, the app, the agent loop) lives as long as the process. Frozen,
-        # the collector stops walking it in every full collection, each a stall of all streams.
-        gc.freeze()
+        await asyncio.to_thread(preload_prices)
+        collector.settle(self.settings.gc_full_every)
 
     async def close(self) -> None:
         if self.run_pool is not None:  # runs: first, so shutdown's cancelled turns are retried later

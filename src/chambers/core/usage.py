@@ -36,6 +36,12 @@ def llm_price_micros(
     return micros, {"cost": float(price.total_price), "priceKnown": True}
 
 
+def preload_prices() -> None:
+    """Load genai-prices' catalogue now (tens of thousands of objects, read on the first price) so that
+    a serving process can count it with what it loads at start-up."""
+    llm_price_micros("openai", "gpt-4o", 1, 1)
+
+
 def llm_entry(call: ModelCall, turn: Turn) -> UsageEntry:
     """The usage entry of one LLM request."""
     model_id = call.model.split("/", 1)[-1]
