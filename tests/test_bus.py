@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import threading
 import time
@@ -173,8 +174,14 @@ async def test_the_memory_buffer_lets_go_of_the_parts_it_no_longer_holds() -> No
 async def test_the_memory_buffer_leaves_the_garbage_collector_little_to_walk() -> None:
     """A full collection walks every object it tracks, and a server keeps the buffers of many sessions:
     as one object each, 1,500 buffers of 500 streamed updates made one take 93 ms, a stall of every
-    stream. Buffered updates are plain tuples, which the collector stops tracking."""
+    stream. Buffered events are plain tuples, which the collector stops tracking: streamed updates, and
+    the others too (as events with their data, a turn's few of them were tens of objects a session)."""
     bus = MemoryEventBus(buffer_size=1000)
+    completed: dict[str, Any] = {"turnId": "turn_1", "status": "completed", "parts": [{"text": "0 1"}]}
+    usage: dict[str, Any] = {
+        "turnId": "turn_1",
+        "usage": {"tokens": {"input": 3, "output": 200}, "cost": {"total": 0.1}},
+    }
     gc.collect()
     before = len(gc.get_objects())
     for _ in range(50):
@@ -183,11 +190,15 @@ async def test_the_memory_buffer_leaves_the_garbage_collector_little_to_walk() -
         for i in range(200):
             text += f"{i} "
             await bus.publish(session, MESSAGE_PART_UPDATED, text_update("part_a", text, f"{i} "), "turn_1")
+        for kind, data in [("message.completed", completed), ("session.usage", usage)] * 3:
+            await bus.publish(session, kind, copy.deepcopy(data), "turn_1")
+        await bus.publish(session, "turn.completed", {"turnId": "turn_1", "status": "completed"}, "turn_1")
     gc.collect()
     tracked = len(gc.get_objects()) - before
-    assert tracked < 1_000, f"{tracked} more objects tracked for 10,000 buffered updates"
+    assert tracked < 500, f"{tracked} more objects tracked for 50 sessions' buffers"  # 1,250 as events
     replay = await bus.replay(session, 150)
-    assert [e.data["text"] for e in replay.events][-1] == text and replay.events[0].seq == 151
+    assert replay.events[50].data["text"] == text and replay.events[0].seq == 151
+    assert replay.events[-2].data == usage and replay.events[-1].type == "turn.completed"
 
 
 async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_ones() -> None:
@@ -218,11 +229,13 @@ async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_
 
 
 async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:
-    """Live subscribers get the very event `publish` made (encoded once for all); the buffer and replays
-    hold their own events on the same data, so no cached encoding settles in the buffer."""
+    """Live subscribers get the very event `publish` made (encoded once for all); the buffer keeps a plain
+    event as that one JSON string, and replays make new events of it, so no transport encoding settles
+    in the buffer, and a later change to the published data does not rewrite what was sent."""
     bus = MemoryEventBus()
     session = new_session()
-    tool = {"turnId": "turn_1", "partId": "part_t", "type": "tool", "part": {"output": "x" * 10_000}}
+    output = {"output": "x" * 10_000}
+    tool = {"turnId": "turn_1", "partId": "part_t", "type": "tool", "part": output}
     async with subscribed(bus, session, 0) as one, subscribed(bus, session, 0) as two:
         await first_replay(one)
         await first_replay(two)
@@ -236,14 +249,16 @@ async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_
         encode(event)
     assert all(e.wire is not None and e._json is not None for e in got_two)
     buffered = bus._logs[session].buffer
-    assert len(buffered) == 2 and all(a is not b for a, b in zip(published, buffered, strict=True))
+    assert len(buffered) == 2 and all(type(kept) is tuple for kept in buffered)
+    assert buffered[0][3] is published[0]._json, "encoded once, for the subscribers and the buffer"
+    output["output"] = "changed after it was sent"
     replayed = (await bus.replay(session, 0)).events
-    assert [(e._json, e.wire) for e in replayed] == [(None, None), (None, None)]
+    assert [e.wire for e in replayed] == [None, None]
     assert all(a is not b for a, b in zip(published, replayed, strict=True))
-    assert replayed[0].data is tool, "a plain event's data is shared, not copied"
+    assert replayed[0].data["part"]["output"] == "x" * 10_000
     assert [encode(e) for e in replayed] == [e.wire for e in published]
     again = (await bus.replay(session, 0)).events
-    assert [(e._json, e.wire) for e in again] == [(None, None), (None, None)], "nor what a replay cached"
+    assert [e.wire for e in again] == [None, None], "nor what a replay cached"
 
 
 # The Redis bus's own rules

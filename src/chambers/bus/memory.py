@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
@@ -57,8 +58,11 @@ def _same_template(template: dict[str, Any], data: dict[str, Any]) -> bool:
     return True
 
 
-def _seq_of(kept: Event | _Update) -> int:
-    return kept[0] if type(kept) is tuple else kept.seq  # type: ignore[union-attr]
+_Plain = tuple[int, str | None, str, str]
+"""Any other buffered event: seq, turn, type and its data as JSON. Also a tuple of atoms: the buffers of
+a day's sessions, as events with their data as dicts, would be tens of objects per session to walk."""
+
+_Kept = _Update | _Plain
 
 
 class _Log:
@@ -69,7 +73,7 @@ class _Log:
         self.seq = 0
         self.used = 0.0
         """When the bus last published, replayed, counted or subscribed on this session (its clock)."""
-        self.buffer: deque[Event | _Update] = deque(maxlen=size)
+        self.buffer: deque[_Kept] = deque(maxlen=size)
         self.shared: dict[int, _Shared] = {}
         """What the buffered text updates cut their data from, by key."""
         self.parts: dict[str, int] = {}
@@ -77,14 +81,16 @@ class _Log:
         self.next_key = 0
         self.subscribers: set[asyncio.Queue[Any]] = set()
 
-    def keep(self, seq: int, kind: str, data: dict[str, Any], turn_id: str | None) -> None:
-        """Buffer a published event, without the encodings live subscribers cache on it (`data` is shared)."""
-        streamed = streamed_text(kind, data)
+    def keep(self, event: Event) -> None:
+        """Buffer a published event: a text update by its place in the part's text, any other as JSON
+        (which its live subscribers send, so it is encoded once either way)."""
+        seq, turn_id, data = event.seq, event.turn_id, event.data
+        streamed = streamed_text(event.type, data)
         if streamed is not None:
             part_id, text, delta = streamed
             self.buffer.append(self._part_update(seq, turn_id, data, part_id, text, len(delta)))
         else:
-            self.buffer.append(Event(self.session_id, seq, kind, data, turn_id))
+            self.buffer.append((seq, turn_id, event.type, event.json))
 
     def _part_update(
         self, seq: int, turn_id: str | None, data: dict[str, Any], part_id: str, text: str, size: int
@@ -110,7 +116,7 @@ class _Log:
     def _share(self, part_id: str, shared: _Shared) -> int:
         """Register a new `_Shared` for `part_id`, and forget those no buffered update cuts from any more."""
         if self.buffer:
-            oldest = _seq_of(self.buffer[0])
+            oldest = self.buffer[0][0]
             for stale in [key for key, kept in self.shared.items() if kept.last_seq < oldest]:
                 del self.shared[stale]
         key = self.next_key = self.next_key + 1
@@ -122,22 +128,20 @@ class _Log:
         parts[part_id] = key
         return key
 
-    def _fresh(self, kept: Event | _Update) -> Event:
-        if type(kept) is tuple:
-            seq, turn_id, key, start, end = kept
-            shared = self.shared[key]
-            data = dict(shared.template)
-            data["text"] = shared.text[:end]
-            data["delta"] = shared.text[start:end]
-            return Event(self.session_id, seq, MESSAGE_PART_UPDATED, data, turn_id)
-        assert isinstance(kept, Event)
-        return Event(self.session_id, kept.seq, kept.type, kept.data, kept.turn_id)
+    def _fresh(self, kept: _Kept) -> Event:
+        if len(kept) == 4:
+            seq, turn_id, kind, encoded = kept  # type: ignore[misc]
+            return Event(self.session_id, seq, kind, json.loads(encoded), turn_id, _json=encoded)
+        seq, turn_id, key, start, end = kept  # type: ignore[misc]
+        shared = self.shared[key]
+        data = dict(shared.template)
+        data["text"] = shared.text[:end]
+        data["delta"] = shared.text[start:end]
+        return Event(self.session_id, seq, MESSAGE_PART_UPDATED, data, turn_id)
 
     def replay(self, after: int) -> Replay:
-        oldest = _seq_of(self.buffer[0]) if self.buffer else None
-        # New objects every time, plain events too: the transport caches its encoding on what it is given,
-        # and that must not settle in the buffer.
-        events = [self._fresh(e) for e in self.buffer if _seq_of(e) > after] if after < self.seq else []
+        oldest = self.buffer[0][0] if self.buffer else None
+        events = [self._fresh(e) for e in self.buffer if e[0] > after] if after < self.seq else []
         gap = after < self.seq and (oldest is None or after + 1 < oldest)
         return Replay(events=events, gap=gap, oldest_seq=oldest)
 
@@ -203,7 +207,7 @@ class MemoryEventBus:
         self._sweep(log.used)
         log.seq += 1
         event = Event(session_id, log.seq, type, data, turn_id)
-        log.keep(log.seq, type, data, turn_id)
+        log.keep(event)
         for queue in tuple(log.subscribers):
             if queue.qsize() >= self.queue_limit:
                 log.subscribers.discard(queue)
