@@ -15,6 +15,7 @@ The model is pydantic-ai's `workspaces/conformance.py`: one test per rule of the
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -115,7 +116,10 @@ def text_update(part_id: str, text: str, delta: str, message_id: str = "msg_1") 
 
 
 def as_published(events: list[Event]) -> list[tuple[int, str, str | None, list[tuple[str, Any]], str]]:
-    """What must survive the buffer exactly: number, type, turn, the data with its key order, its JSON."""
+    """What must survive the buffer exactly: number, type, turn, the data with its key order, its JSON
+    (which must be its data's, however a bus came by it)."""
+    for e in events:
+        assert e.json == json.dumps(e.data, separators=(",", ":"), ensure_ascii=False), f"event {e.seq}"
     return [(e.seq, e.type, e.turn_id, list(e.data.items()), e.json) for e in events]
 
 
@@ -287,6 +291,8 @@ class EventBusSuite:
                 await out.extend("part_a", f"a{i} héllo ✓ ")
                 if i % 3 == 0:
                     await out.extend("part_b", f"b{i}|")
+                if i % 5 == 0:  # what JSON escapes, and what it does not
+                    await out.extend("part_b", f'"q{i}" \\ /\n\t\x01\x1f\u2028 🎉 漢 ')
                 if i % 7 == 0:
                     await out.send("turn.status", {"turnId": "turn_1", "status": "busy", "i": i})
                     tool = {"id": "part_t", "type": "tool", "output": "x" * i}

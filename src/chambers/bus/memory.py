@@ -7,6 +7,7 @@ import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
+from json.encoder import encode_basestring  # what `json.dumps(..., ensure_ascii=False)` uses for strings
 from operator import eq, is_
 from typing import Any
 
@@ -66,7 +67,17 @@ _Kept = _Update | _Plain
 
 
 class _Log:
-    __slots__ = ("buffer", "next_key", "parts", "seq", "session_id", "shared", "subscribers", "used")
+    __slots__ = (
+        "buffer",
+        "next_key",
+        "parts",
+        "seq",
+        "session_id",
+        "shared",
+        "subscribers",
+        "used",
+        "writing",
+    )
 
     def __init__(self, session_id: str, size: int) -> None:
         self.session_id = session_id
@@ -80,6 +91,9 @@ class _Log:
         """The key of the last few streamed parts, by partId (bounded, oldest first)."""
         self.next_key = 0
         self.subscribers: set[asyncio.Queue[Any]] = set()
+        self.writing: tuple[int, str, str, int] | None = None
+        """The part streaming now: its key, the JSON of its data up to the text, its text so far
+        JSON-escaped, and that text's length."""
 
     def keep(self, event: Event) -> None:
         """Buffer a published event: a text update by its place in the part's text, any other as JSON
@@ -88,9 +102,26 @@ class _Log:
         streamed = streamed_text(event.type, data)
         if streamed is not None:
             part_id, text, delta = streamed
-            self.buffer.append(self._part_update(seq, turn_id, data, part_id, text, len(delta)))
+            update = self._part_update(seq, turn_id, data, part_id, text, len(delta))
+            self.buffer.append(update)
+            event._json = self._encoded(update[2], text, delta)
         else:
+            self.writing = None
             self.buffer.append((seq, turn_id, event.type, event.json))
+
+    def _encoded(self, key: int, text: str, delta: str) -> str:
+        """`Event.json` of a text update, escaping only the text added since the part's last update: the
+        whole text so far, escaped again for every delta, was a tenth of a delta's cost in long answers."""
+        writing = self.writing
+        if writing is not None and writing[0] == key:  # the same shared text, so an extension of it
+            _, head, escaped, length = writing
+            escaped += encode_basestring(text[length:])[1:-1]
+        else:
+            template = json.dumps(self.shared[key].template, separators=(",", ":"), ensure_ascii=False)
+            head = template[:-1] + ("," if len(template) > 2 else "") + '"text":"'
+            escaped = encode_basestring(text)[1:-1]
+        self.writing = (key, head, escaped, len(text))
+        return f'{head}{escaped}","delta":{encode_basestring(delta)}}}'
 
     def _part_update(
         self, seq: int, turn_id: str | None, data: dict[str, Any], part_id: str, text: str, size: int
