@@ -6,7 +6,7 @@ stream waits. Two things keep it short and rare:
 - What start-up loaded (modules, the app, the agent loop's SDKs, the price catalogue) lives as long as
   the process: frozen, full collections stop walking it (about 200,000 objects).
 - The rest of the heap is mostly the open streams' own objects (about 300 per stream), which do not
-  die in cycles: a full collection of 200 streams walks about 80,000 objects to find a few thousand
+  die in cycles: a full collection of 200 streams walks about 80,000 objects to find a few hundred
   unreachable ones. Python starts one after every 10 collections of its middle generation, so at
   20 new turns a second one came every 4 to 5 seconds, each 25 to 50 ms on the benchmark machine
   (docs/benchmarks.md, step 16). Every `full_every` of them instead makes those pauses rare, for a

@@ -12,7 +12,7 @@ from operator import eq, is_
 from typing import Any
 
 from chambers.bus.queues import HEARTBEAT, Heartbeat, take
-from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay, streamed_text
+from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay, encode_data, streamed_text
 
 _CLOSED = object()
 
@@ -95,19 +95,19 @@ class _Log:
         """The part streaming now: its key, the JSON of its data up to the text, its text so far
         JSON-escaped, and that text's length."""
 
-    def keep(self, event: Event) -> None:
-        """Buffer a published event: a text update by its place in the part's text, any other as JSON
-        (which its live subscribers send, so it is encoded once either way)."""
-        seq, turn_id, data = event.seq, event.turn_id, event.data
-        streamed = streamed_text(event.type, data)
+    def keep(self, seq: int, kind: str, data: dict[str, Any], turn_id: str | None) -> str:
+        """Buffer a published event (a text update by its place in the part's text, any other as JSON)
+        and return its JSON, which the live subscribers send: it is encoded once either way."""
+        streamed = streamed_text(kind, data)
         if streamed is not None:
             part_id, text, delta = streamed
             update = self._part_update(seq, turn_id, data, part_id, text, len(delta))
             self.buffer.append(update)
-            event._json = self._encoded(update[2], text, delta)
-        else:
-            self.writing = None
-            self.buffer.append((seq, turn_id, event.type, event.json))
+            return self._encoded(update[2], text, delta)
+        self.writing = None
+        encoded = encode_data(data)
+        self.buffer.append((seq, turn_id, kind, encoded))
+        return encoded
 
     def _encoded(self, key: int, text: str, delta: str) -> str:
         """`Event.json` of a text update, escaping only the text added since the part's last update: the
@@ -117,7 +117,7 @@ class _Log:
             _, head, escaped, length = writing
             escaped += encode_basestring(text[length:])[1:-1]
         else:
-            template = json.dumps(self.shared[key].template, separators=(",", ":"), ensure_ascii=False)
+            template = encode_data(self.shared[key].template)
             head = template[:-1] + ("," if len(template) > 2 else "") + '"text":"'
             escaped = encode_basestring(text)[1:-1]
         self.writing = (key, head, escaped, len(text))
@@ -237,8 +237,8 @@ class MemoryEventBus:
         # After taking the log: the session published to is the newest, so it is never the one dropped.
         self._sweep(log.used)
         log.seq += 1
-        event = Event(session_id, log.seq, type, data, turn_id)
-        log.keep(event)
+        encoded = log.keep(log.seq, type, data, turn_id)
+        event = Event(session_id, log.seq, type, data, turn_id, _json=encoded)
         for queue in tuple(log.subscribers):
             if queue.qsize() >= self.queue_limit:
                 log.subscribers.discard(queue)

@@ -38,6 +38,10 @@ TURN_SCOPED = frozenset(
 )
 
 
+encode_data = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""An event's data as compact JSON (one encoder for all: `json.dumps` with options builds one a call)."""
+
+
 @dataclass(slots=True)
 class Event:
     """One numbered event of a session's log."""
@@ -55,7 +59,7 @@ class Event:
     def json(self) -> str:
         """The data as compact JSON, computed once."""
         if self._json is None:
-            self._json = json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+            self._json = encode_data(self.data)
         return self._json
 
     def to_record(self) -> dict[str, Any]:
