@@ -6,8 +6,10 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from chambers import collector
+from chambers.config import Settings
 
 
 @pytest.fixture
@@ -32,10 +34,6 @@ def test_settling_freezes_what_is_loaded_and_spaces_full_collections(restored_co
 
 
 def test_the_setting_has_a_floor() -> None:
-    from pydantic import ValidationError
-
-    from chambers.config import Settings
-
     assert Settings().gc_full_every == 100
     with pytest.raises(ValidationError):
         Settings(gc_full_every=0)
