@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tests.support.server import ServerProcess
 from tests.support.services import flush_prefix
 
-from bench.common import server_env
+from bench.common import server_env, wait_until_warm
 
 POSTGRES_URL = os.environ.get("CHAMBERS_BENCH_POSTGRES_URL") or os.environ.get(
     "CHAMBERS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -139,6 +139,7 @@ class Cluster:
             replica = ServerProcess(self.root / f"replica{index}", env=dict(self.env))
             self.replicas.append(replica)
             replica.start(timeout=120)
+            wait_until_warm(replica.url)
             if index == 0:
                 self.key = replica.admin_key or ""
                 if not self.key:

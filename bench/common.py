@@ -272,6 +272,19 @@ def child_environment() -> None:
         os.environ["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "chambers-bench-pycache")
 
 
+def wait_until_warm(url: str, timeout: float = 60.0) -> float:
+    """Seconds until the server at `url` says its start-up preload is done (`/readyz`, check `warm`).
+    Measuring before that would time the preload's imports and collections along with the server."""
+    import httpx  # the load generator's process never needs it
+
+    started = time.monotonic()
+    while not httpx.get(url + "/readyz", timeout=10).json()["checks"]["warm"]["ok"]:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{url} was not warm after {timeout:g} s")
+        time.sleep(0.05)  # polling: /readyz is the only signal the server gives
+    return time.monotonic() - started
+
+
 def server_env(upstream_url: str) -> dict[str, str]:
     """Environment that points the server's `openai/` provider at the fake upstream."""
     return {"OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": upstream_url + "/v1"}

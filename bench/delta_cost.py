@@ -21,7 +21,14 @@ from pathlib import Path
 import aiohttp
 from tests.support.server import ServerProcess
 
-from bench.common import FakeUpstreamProcess, PassthroughProcess, cpu_seconds, raise_fd_limit, server_env
+from bench.common import (
+    FakeUpstreamProcess,
+    PassthroughProcess,
+    cpu_seconds,
+    raise_fd_limit,
+    server_env,
+    wait_until_warm,
+)
 from bench.load import DIRECT_BODY, TURN_BODY
 
 GAP_S = 0.02
@@ -91,6 +98,7 @@ def main() -> None:
         server = ServerProcess(data_dir, env=server_env(upstream.url))
         try:
             server.start(timeout=120)
+            wait_until_warm(server.url)
             assert server.proc is not None and server.admin_key is not None
             got = asyncio.run(
                 measure(server.url, server.admin_key, server.proc.pid, args.streams, args.window, True)

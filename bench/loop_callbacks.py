@@ -40,6 +40,7 @@ from bench.common import (
     raise_fd_limit,
     server_env,
     summarize,
+    wait_until_warm,
 )
 from bench.load import Clients, bodies, chambers_turn, create_sessions, open_loop
 from bench.run import STREAMING
@@ -126,6 +127,7 @@ def main() -> None:
         server = ServerProcess(out.parent / "data", env)
         server.start()
         try:
+            wait_until_warm(server.url)
             assert server.admin_key is not None
             done = asyncio.run(drive(server.url, server.admin_key, args.rate, args.seconds, args.tokens))
         finally:

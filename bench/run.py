@@ -38,6 +38,7 @@ from bench.common import (
     machine,
     raise_fd_limit,
     server_env,
+    wait_until_warm,
 )
 
 # The turn shape of the fake upstream: 200 deltas of "tok " 20 ms apart after 150 ms (a ~4.1 s turn).
@@ -100,7 +101,12 @@ def serving(upstream: FakeUpstreamProcess) -> Iterator[ServerProcess]:
     try:
         started = time.monotonic()
         server.start(timeout=120)
-        print(f"  server ready in {time.monotonic() - started:.1f} s at {server.url}", flush=True)
+        warming = wait_until_warm(server.url)
+        print(
+            f"  server ready in {time.monotonic() - started:.1f} s at {server.url}"
+            f" (preload done {warming:.1f} s after it answered)",
+            flush=True,
+        )
         yield server
     finally:
         server.stop()

@@ -37,7 +37,7 @@ import httpx
 from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
 
-from bench.common import CpuMeter, server_env, summarize
+from bench.common import CpuMeter, server_env, summarize, wait_until_warm
 from chambers.core.ids import new_id
 from chambers.sandbox import LocalSnapshotStore, SandboxLimits, SessionSandbox, bwrap_problem
 from chambers.sandbox.filesystems import ext4_journal
@@ -365,6 +365,7 @@ async def resumes(backend: BackendName, count: int, warmup: int = 1) -> dict[str
         try:
             started = now()
             await asyncio.to_thread(server.start, 120)
+            await asyncio.to_thread(wait_until_warm, server.url)
             log(f"server ready in {now() - started:.1f} s at {server.url}")
             assert server.proc is not None and server.admin_key is not None
             return await _resumes(server, up, count, warmup, data_dir)

@@ -13,6 +13,7 @@ import httpx
 
 from tests.conftest import auth
 from tests.support.server import ServerProcess
+from tests.support.waiting import eventually
 
 
 def error_of(response: httpx.Response) -> dict[str, str]:
@@ -28,6 +29,15 @@ def test_health_and_readiness_need_no_key(server: ServerProcess) -> None:
     assert ready.status_code == 200
     assert ready.json()["checks"]["store"]["ok"] is True
     assert ready.json()["checks"]["load"]["ok"] is True  # the event loop keeps time (tests/test_overload.py)
+
+
+def test_readiness_says_when_the_start_up_preload_is_done(server: ServerProcess) -> None:
+    def warm() -> dict[str, object] | None:
+        check: dict[str, object] = httpx.get(server.url + "/readyz").json()["checks"]["warm"]
+        assert check["required"] is False  # a cold server is ready: only its first turns wait longer
+        return check if check["ok"] else None
+
+    assert eventually(warm, what="the preload to finish") == {"ok": True, "required": False}
 
 
 def test_openapi_and_docs_are_served(server: ServerProcess) -> None:

@@ -53,6 +53,9 @@ class Services:
     controller: Controller | None = None  # agents, users, grants, session log (core/controller)
     runs: RunService | None = None  # runs (core/runs.py)
     run_pool: RunWorkerPool | None = None  # runs: the workers of this process
+    warm: bool = False
+    """Whether start-up's background preload (the agent loop's imports, the price catalogue, the
+    collector's settling) has finished: until then the first turns may wait on it."""
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
         """Each dependency's health, for /readyz."""
@@ -79,6 +82,8 @@ class Services:
         }
         # Informative, not gating: without bubblewrap the server still chats, it only refuses tools.
         checks["sandbox"] = {**self.sandboxes.readiness(), "required": False}
+        # Informative too: a cold server serves, only its first turns are slower (and benchmarks wait).
+        checks["warm"] = {"ok": self.warm, "required": False}
         return checks
 
     async def start(self) -> None:
@@ -103,6 +108,7 @@ class Services:
         await asyncio.to_thread(self.runner.loop.preload)
         await asyncio.to_thread(preload_prices)
         collector.settle(self.settings.gc_full_every)
+        self.warm = True
 
     async def close(self) -> None:
         if self.run_pool is not None:  # runs: first, so shutdown's cancelled turns are retried later
