@@ -228,6 +228,39 @@ async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_
     assert forever.sessions() == 2
 
 
+async def test_the_memory_bus_holds_at_most_max_sessions_but_never_drops_a_running_or_followed_one() -> None:
+    """At 20 new sessions a second a day's buffers would be gigabytes: past `max_sessions` the least
+    recently used goes. Not one a turn still writes to, whose numbering only the buffer knows until the
+    turn ends, nor one someone follows. A dropped one's replay reports the gap, as after `idle_s`."""
+    bus = MemoryEventBus(max_sessions=3)
+    running, followed, done, newer, newest = (new_session() for _ in range(5))
+    await bus.publish(running, "turn.started", {"turnId": "turn_1"}, "turn_1")
+    await publish_n(bus, followed, 2)
+    async with subscribed(bus, followed, 2) as sub:
+        await first_replay(sub)
+        await bus.publish(done, "turn.started", {"turnId": "turn_2"}, "turn_2")
+        await bus.publish(done, "turn.completed", {"turnId": "turn_2", "status": "completed"}, "turn_2")
+        await publish_n(bus, newer, 1)  # full: `running` and `followed` are older, but only `done` may go
+        assert bus.sessions() == 3
+        await bus.seed(done, 2)  # as the API does from the store before a replay (`newer` goes for it)
+        assert (await bus.replay(done, 0)).gap is True
+        completed = {"turnId": "turn_1", "status": "failed"}
+        ended = await bus.publish(running, "turn.completed", completed, "turn_1")
+        assert ended.seq == 2  # numbering went on: the running turn's buffer stayed
+        await publish_n(bus, followed, 1)
+        assert seqs(await next_events(sub, 1)) == [3]
+        await bus.replay(done, 0)  # `running` is now the least recently used, and its turn has ended
+        await publish_n(bus, newest, 1)
+        assert bus.sessions() == 3
+        await bus.seed(running, 2)
+        assert (await bus.replay(running, 0)).gap is True
+        assert seqs((await bus.replay(followed, 0)).events) == [1, 2, 3]
+    full = MemoryEventBus(max_sessions=1)
+    await full.publish(running, "turn.started", {"turnId": "turn_3"}, "turn_3")
+    await publish_n(full, newer, 1)  # nothing may go: the cap gives way rather than lose a running turn
+    assert full.sessions() == 2
+
+
 async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:
     """Live subscribers get the very event `publish` made (encoded once for all); the buffer keeps a plain
     event as that one JSON string, and replays make new events of it, so no transport encoding settles

@@ -167,6 +167,11 @@ def test_bad_settings_stop_the_start_with_a_clear_message(tmp_path: Path) -> Non
         [sys.executable, "-m", "chambers", "serve"], env=env, capture_output=True, text=True
     )
     assert bounds.returncode == 2 and "idle_timeout_min_ms" in bounds.stderr
+    env.update(CHAMBERS_IDLE_TIMEOUT_MAX_MS="100000", CHAMBERS_REDIS_URL="localhost:6379")
+    redis = subprocess.run(
+        [sys.executable, "-m", "chambers", "serve"], env=env, capture_output=True, text=True
+    )
+    assert redis.returncode == 2 and "redis://" in redis.stderr  # not a failure to connect, later
 
 
 def test_a_toml_config_file_is_read(tmp_path: Path) -> None:

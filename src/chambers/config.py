@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         ge=0,
         description="The in-process bus drops a session's buffer unused this long; 0 keeps it.",
     )
+    event_buffer_sessions: int = Field(
+        default=10_000,
+        ge=1,
+        description="The in-process bus holds at most this many sessions' buffers (least recently used go).",
+    )
     gc_full_every: int = Field(
         default=100,
         ge=1,
@@ -194,6 +199,15 @@ class Settings(BaseSettings):
             return value
         if not value.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if not value:  # CHAMBERS_REDIS_URL= (empty) means no Redis, as if unset
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
     @field_validator("snapshot_url")

@@ -164,7 +164,11 @@ def build_snapshots(settings: Settings) -> SnapshotStore:
 def build_bus(settings: Settings) -> EventBus:
     """The Redis Streams bus when `redis_url` is set (replicas share events), else the in-process one."""
     if settings.redis_url is None:
-        return MemoryEventBus(buffer_size=settings.event_buffer_size, idle_s=settings.event_buffer_idle_s)
+        return MemoryEventBus(
+            buffer_size=settings.event_buffer_size,
+            idle_s=settings.event_buffer_idle_s,
+            max_sessions=settings.event_buffer_sessions,
+        )
     from chambers.bus.redis import RedisEventBus
 
     return RedisEventBus(

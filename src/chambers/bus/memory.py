@@ -12,7 +12,14 @@ from operator import eq, is_
 from typing import Any
 
 from chambers.bus.queues import HEARTBEAT, Heartbeat, take
-from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay, encode_data, streamed_text
+from chambers.core.events import (
+    MESSAGE_PART_UPDATED,
+    TURN_COMPLETED,
+    Event,
+    Replay,
+    encode_data,
+    streamed_text,
+)
 
 _CLOSED = object()
 
@@ -75,6 +82,7 @@ class _Log:
         "session_id",
         "shared",
         "subscribers",
+        "turn",
         "used",
         "writing",
     )
@@ -91,6 +99,9 @@ class _Log:
         """The key of the last few streamed parts, by partId (bounded, oldest first)."""
         self.next_key = 0
         self.subscribers: set[asyncio.Queue[Any]] = set()
+        self.turn: str | None = None
+        """The turn that published last, until its `turn.completed`: while it runs, this log alone knows
+        the session's numbering (the store learns it when the turn ends), so it is never dropped."""
         self.writing: tuple[int, str, str, int] | None = None
         """The part streaming now: its key, the JSON of its data up to the text, its text so far
         JSON-escaped, and that text's length."""
@@ -98,6 +109,8 @@ class _Log:
     def keep(self, seq: int, kind: str, data: dict[str, Any], turn_id: str | None) -> str:
         """Buffer a published event (a text update by its place in the part's text, any other as JSON)
         and return its JSON, which the live subscribers send: it is encoded once either way."""
+        if turn_id is not None:
+            self.turn = None if kind == TURN_COMPLETED else turn_id
         streamed = streamed_text(kind, data)
         if streamed is not None:
             part_id, text, delta = streamed
@@ -181,8 +194,9 @@ class MemoryEventBus:
     """The EventBus for one process. A slow subscriber past `queue_limit` is dropped (it can resume).
 
     A session's buffer is dropped once it has gone `idle_s` seconds unused with no subscriber (0 keeps
-    every one for the process's life), as Redis expires its keys: a later replay reports the gap, and
-    numbering goes on from the store's count (`seed`).
+    every one for the process's life), as Redis expires its keys, or when more than `max_sessions` are
+    held, least recently used first: a later replay reports the gap, and numbering goes on from the
+    store's count (`seed`). A buffer with a subscriber or a running turn is never dropped.
     """
 
     def __init__(
@@ -191,10 +205,12 @@ class MemoryEventBus:
         queue_limit: int = 10_000,
         idle_s: float = 86_400,
         clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = 10_000,
     ) -> None:
         self.buffer_size = buffer_size
         self.queue_limit = queue_limit
         self.idle_s = idle_s
+        self.max_sessions = max_sessions
         self._clock = clock
         self._logs: OrderedDict[str, _Log] = OrderedDict()
         """Least recently used first."""
@@ -204,6 +220,8 @@ class MemoryEventBus:
         logs = self._logs
         log = logs.get(session_id)
         if log is None:
+            if len(logs) >= self.max_sessions:
+                self._make_room()
             log = logs[session_id] = _Log(session_id, self.buffer_size)
         else:
             logs.move_to_end(session_id)
@@ -225,6 +243,17 @@ class MemoryEventBus:
                 logs.move_to_end(session_id)
             else:
                 del logs[session_id]
+
+    def _make_room(self) -> None:
+        """Drop the least recently used buffer that no one follows and no turn writes to, if any. Those
+        skipped move to the newest end, so a full bus of running turns costs one pass, not one per call."""
+        logs = self._logs
+        for _ in range(len(logs)):
+            session_id, log = next(iter(logs.items()))
+            if not log.subscribers and log.turn is None:
+                del logs[session_id]
+                return
+            logs.move_to_end(session_id)
 
     def sessions(self) -> int:
         """How many sessions' buffers this bus holds."""
