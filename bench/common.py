@@ -293,8 +293,29 @@ def server_env(upstream_url: str) -> dict[str, str]:
 # --- machine ----------------------------------------------------------------------------------------------
 
 
+def reference_op_us(rounds: int = 5, ops: int = 20_000) -> float:
+    """How fast this VM runs Python now: µs per op of a fixed mix of what the server does per event
+    (a dict built, encoded to JSON, decoded, a string grown and formatted), the median of `rounds`.
+    The same machine has been seen 1.5 times slower from one hour to the next; runs compare only
+    when this is close."""
+    import json
+
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        text = ""
+        for i in range(ops):
+            text = (text + "tok ")[-400:]
+            data = {"turnId": "turn_x", "partId": "part_y", "type": "text", "delta": "tok ", "i": i}
+            json.loads(json.dumps(data))
+            f"event: x\nid: {i}\ndata: {text}\n\n".encode()
+        times.append(time.perf_counter() - started)
+    return round(median(times) / ops * 1e6, 2)
+
+
 def machine() -> dict[str, Any]:
-    """What the run ran on: CPU model, cores, memory, kernel, Python, and the git commit."""
+    """What the run ran on: CPU model, cores, memory, kernel, Python, the git commit, and how fast the
+    VM runs Python at the start of the run (`reference_op_us`)."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -333,4 +354,5 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "git_commit": commit,
         "src_files_changed_since_commit": dirty,
+        "reference_op_us": reference_op_us(),
     }

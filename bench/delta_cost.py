@@ -26,6 +26,7 @@ from bench.common import (
     PassthroughProcess,
     cpu_seconds,
     raise_fd_limit,
+    reference_op_us,
     server_env,
     wait_until_warm,
 )
@@ -88,6 +89,7 @@ def main() -> None:
     if args.tokens * GAP_S < args.streams * 0.01 + 3.0 + args.window + 1.0:
         parser.error("--tokens too few: answers must outlast the ramp, the settling and the window")
     raise_fd_limit()
+    print(f"reference op {reference_op_us()} µs (the VM's speed now; lower is faster)", flush=True)
     fake = FakeUpstreamProcess(tokens=args.tokens, ttft=0.15, gap=GAP_S)
     fake.args += ["--token-text", args.token_text]
     with fake as upstream:

@@ -38,6 +38,7 @@ from bench.common import (
     FakeUpstreamProcess,
     child_environment,
     raise_fd_limit,
+    reference_op_us,
     server_env,
     summarize,
     wait_until_warm,
@@ -134,7 +135,10 @@ def main() -> None:
             server.stop()
     if not out.exists():
         sys.exit(f"the server wrote no counts to {out}")
-    print(f"{done} turns at {args.rate:g}/s for {args.seconds:g} s (and 10 warm-up turns)")
+    print(
+        f"{done} turns at {args.rate:g}/s for {args.seconds:g} s (and 10 warm-up turns); "
+        f"reference op {reference_op_us()} µs (the VM's speed; lower is faster)"
+    )
     print(report(json.loads(out.read_text()), args.top, args.threshold_ms))
 
 

@@ -477,6 +477,7 @@ def table(doc: dict[str, Any]) -> str:
     lines = [
         f"Chambers benchmark ({doc['kind']}), {doc['started_at']}, {doc['duration_s']:.0f} s; "
         f"{m['cpu_model']}, {m['nproc']} CPUs, {m['memory_gib']} GiB, Python {m['python']}"
+        + (f"; reference op {m['reference_op_us']} µs" if m.get("reference_op_us") else "")
     ]
     if contention(doc):
         lines.append(contention(doc))
@@ -509,7 +510,13 @@ def markdown(doc: dict[str, Any], plots: list[Path]) -> str:
         "",
         f"Machine: {m['cpu_model']}, {m['nproc']} CPUs (nproc), {m['memory_gib']} GiB RAM, "
         f"Linux {m['kernel']}, {m['implementation']} {m['python']}. Server, fake upstream and load "
-        "generator share these CPUs.",
+        "generator share these CPUs."
+        + (
+            f" The VM's speed at the start: {m['reference_op_us']} µs per reference op"
+            " (`bench.common.reference_op_us`; lower is faster)."
+            if m.get("reference_op_us")
+            else ""
+        ),
         "",
     ]
     if contention(doc):
