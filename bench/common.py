@@ -278,7 +278,9 @@ def wait_until_warm(url: str, timeout: float = 60.0) -> float:
     import httpx  # the load generator's process never needs it
 
     started = time.monotonic()
-    while not httpx.get(url + "/readyz", timeout=10).json()["checks"]["warm"]["ok"]:
+    while not (warm := httpx.get(url + "/readyz", timeout=10).json()["checks"]["warm"])["ok"]:
+        if "error" in warm:
+            raise RuntimeError(f"{url} could not preload: {warm['error']}")
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"{url} was not warm after {timeout:g} s")
         time.sleep(0.05)  # polling: /readyz is the only signal the server gives
@@ -300,7 +302,7 @@ def reference_op_us(rounds: int = 5, ops: int = 20_000) -> float:
     when this is close."""
     import json
 
-    times = []
+    times: list[float] = []
     for _ in range(rounds):
         started = time.perf_counter()
         text = ""

@@ -43,6 +43,7 @@ from bench.common import (
     cpu_seconds,
     raise_fd_limit,
     server_env,
+    wait_until_warm,
 )
 from bench.load import Clients, chambers_turn, create_sessions
 
@@ -84,6 +85,7 @@ class ProfiledServer:
                 raise RuntimeError("server exited during start:\n" + "".join(self.output))
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and self.admin_key:
+                    wait_until_warm(self.url)
                     return self
             except httpx.TransportError:
                 pass
@@ -235,6 +237,7 @@ def profile_with_pyspy(args: argparse.Namespace, upstream_url: str) -> tuple[str
     raw.unlink(missing_ok=True)
     server = ServerProcess(Path(tempfile.mkdtemp(prefix="chambers-profile-")), server_env(upstream_url))
     server.start()
+    wait_until_warm(server.url)
     try:
         assert server.admin_key is not None and server.proc is not None
         asyncio.run(drive(server.url, server.admin_key, 40, args.concurrency))  # imports, caches, pools

@@ -33,8 +33,10 @@ from chambers.bus.conformance import (
 )
 from chambers.bus.memory import MemoryEventBus
 from chambers.bus.redis import BusUnavailable, RedisEventBus
+from chambers.config import Settings
 from chambers.core.events import MESSAGE_PART_UPDATED, Event, Replay
 from chambers.core.ports import EventBus
+from chambers.wiring import build_bus
 from tests.conftest import auth, need_postgres, need_redis
 from tests.support import services
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
@@ -221,6 +223,11 @@ async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_
         assert seqs(await publish_n(bus, quiet, 1)) == [4]
         await publish_n(bus, followed, 1)
         assert seqs(await next_events(sub, 1)) == [3]
+    running = new_session()  # a turn quiet for longer than `idle_s` (a long tool call) keeps its buffer
+    await bus.publish(running, "turn.started", {"turnId": "turn_1"}, "turn_1")
+    clock[0] += 601
+    await publish_n(bus, busy, 1)
+    assert seqs([await bus.publish(running, "turn.status", {"status": "running"}, "turn_1")]) == [2]
     forever = MemoryEventBus(idle_s=0, clock=lambda: clock[0])
     await publish_n(forever, quiet, 1)
     clock[0] += 10**9
@@ -228,37 +235,60 @@ async def test_the_memory_bus_drops_buffers_unused_for_a_while_but_not_followed_
     assert forever.sessions() == 2
 
 
-async def test_the_memory_bus_holds_at_most_max_sessions_but_never_drops_a_running_or_followed_one() -> None:
+async def test_the_memory_bus_holds_at_most_max_sessions_but_never_drops_one_in_use() -> None:
     """At 20 new sessions a second a day's buffers would be gigabytes: past `max_sessions` the least
-    recently used goes. Not one a turn still writes to, whose numbering only the buffer knows until the
-    turn ends, nor one someone follows. A dropped one's replay reports the gap, as after `idle_s`."""
-    bus = MemoryEventBus(max_sessions=3)
-    running, followed, done, newer, newest = (new_session() for _ in range(5))
+    recently used go. Not one a turn runs on, whose numbering only the buffer knows until the turn ends
+    or waits for an answer, nor one someone follows, nor one used in the last minute (seeded for a turn
+    that has not published yet). A dropped one's replay reports the gap, as after `idle_s`."""
+    clock = [1000.0]
+    bus = MemoryEventBus(max_sessions=3, clock=lambda: clock[0])
+    running, followed, done, asking, newer = (new_session() for _ in range(5))
     await bus.publish(running, "turn.started", {"turnId": "turn_1"}, "turn_1")
     await publish_n(bus, followed, 2)
     async with subscribed(bus, followed, 2) as sub:
         await first_replay(sub)
         await bus.publish(done, "turn.started", {"turnId": "turn_2"}, "turn_2")
         await bus.publish(done, "turn.completed", {"turnId": "turn_2", "status": "completed"}, "turn_2")
-        await publish_n(bus, newer, 1)  # full: `running` and `followed` are older, but only `done` may go
+        await bus.publish(asking, "turn.started", {"turnId": "turn_3"}, "turn_3")
+        await bus.publish(
+            asking, "turn.status", {"turnId": "turn_3", "status": "waiting_for_input"}, "turn_3"
+        )
+        assert bus.sessions() == 4  # all used a moment ago: the cap gives way
+        clock[0] += 61
+        await publish_n(bus, newer, 1)  # `running` and `followed` are older, but `done` and `asking` go
         assert bus.sessions() == 3
-        await bus.seed(done, 2)  # as the API does from the store before a replay (`newer` goes for it)
-        assert (await bus.replay(done, 0)).gap is True
+        for gone, seq in ((done, 2), (asking, 2)):
+            await bus.seed(gone, seq)  # as the API does from the store before a replay or a turn
+            assert (await bus.replay(gone, 0)).gap is True
         completed = {"turnId": "turn_1", "status": "failed"}
         ended = await bus.publish(running, "turn.completed", completed, "turn_1")
         assert ended.seq == 2  # numbering went on: the running turn's buffer stayed
         await publish_n(bus, followed, 1)
         assert seqs(await next_events(sub, 1)) == [3]
-        await bus.replay(done, 0)  # `running` is now the least recently used, and its turn has ended
-        await publish_n(bus, newest, 1)
+        clock[0] += 61
+        for _ in range(2):  # the seeds above took places: `newer`, `done` and `asking` go first, then
+            await publish_n(bus, new_session(), 1)  # `running`, whose turn has ended; `followed` not
         assert bus.sessions() == 3
         await bus.seed(running, 2)
         assert (await bus.replay(running, 0)).gap is True
         assert seqs((await bus.replay(followed, 0)).events) == [1, 2, 3]
-    full = MemoryEventBus(max_sessions=1)
-    await full.publish(running, "turn.started", {"turnId": "turn_3"}, "turn_3")
-    await publish_n(full, newer, 1)  # nothing may go: the cap gives way rather than lose a running turn
-    assert full.sessions() == 2
+
+
+def test_the_buffer_cap_is_a_setting_and_an_empty_redis_url_means_the_in_process_bus() -> None:
+    bus = build_bus(Settings(redis_url="", event_buffer_sessions=7, event_buffer_idle_s=30))
+    assert isinstance(bus, MemoryEventBus) and (bus.max_sessions, bus.idle_s) == (7, 30)
+
+
+async def test_only_the_running_turns_own_end_releases_its_buffer() -> None:
+    clock = [1000.0]
+    bus = MemoryEventBus(max_sessions=1, clock=lambda: clock[0])
+    session = new_session()
+    await bus.publish(session, "turn.started", {"turnId": "turn_2"}, "turn_2")
+    # An older turn closed late (recovered after a crash) says nothing of the one running now.
+    await bus.publish(session, "turn.completed", {"turnId": "turn_1", "status": "failed"}, "turn_1")
+    clock[0] += 61
+    await publish_n(bus, new_session(), 1)
+    assert seqs([await bus.publish(session, "turn.completed", {"turnId": "turn_2"}, "turn_2")]) == [3]
 
 
 async def test_the_memory_bus_shares_live_events_and_buffers_them_without_their_encoding() -> None:

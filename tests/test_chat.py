@@ -226,28 +226,6 @@ def test_a_stale_last_event_id_is_told_not_skipped(make_server: Any, upstream: F
         assert second.id is not None and second.id > 2
 
 
-def test_without_redis_the_least_recently_used_buffers_go_past_the_cap(
-    make_server: Any, upstream: FakeUpstream
-) -> None:
-    # The in-process bus even when the suite runs on Redis (an empty URL means none): the cap is its own.
-    proc: ServerProcess = make_server(CHAMBERS_REDIS_URL="", CHAMBERS_EVENT_BUFFER_SESSIONS="1")
-    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=30) as client:
-        older, newer = new_chat(client), new_chat(client)
-        upstream.script("first answer", "second answer")
-        assert say(client, older, "one").status_code == 200
-        assert say(client, newer, "two").status_code == 200  # its buffer took the only place
-        with client.stream("GET", f"/agent/v1/chat/{newer}/stream?lastEventId=1") as response:
-            kept = read_until(response, lambda e: e.event == "turn.completed")
-        assert kept[0].event == "turn.status" and kept[0].id == 2  # all there, no gap
-        with client.stream("GET", f"/agent/v1/chat/{older}/stream?lastEventId=1") as response:
-            gap = next(events(response))
-        assert gap.event == "stream.gap" and gap.data["oldestAvailable"] is None
-        assert say(client, older, "three").status_code == 200  # the session goes on, numbered on
-        with client.stream("GET", f"/agent/v1/chat/{older}/stream?lastEventId=0") as response:
-            after = read_until(response, lambda e: e.event == "turn.completed")
-        assert after[0].event == "stream.gap" and after[1].id is not None and after[1].id > 2
-
-
 def test_a_delta_within_the_window_waits_only_for_the_window_to_close(
     make_server: Any, upstream: FakeUpstream
 ) -> None:

@@ -56,6 +56,7 @@ class Services:
     warm: bool = False
     """Whether start-up's background preload (the agent loop's imports, the price catalogue, the
     collector's settling) has finished: until then the first turns may wait on it."""
+    preload_error: str | None = None
 
     async def readiness(self) -> dict[str, dict[str, Any]]:
         """Each dependency's health, for /readyz."""
@@ -84,6 +85,8 @@ class Services:
         checks["sandbox"] = {**self.sandboxes.readiness(), "required": False}
         # Informative too: a cold server serves, only its first turns are slower (and benchmarks wait).
         checks["warm"] = {"ok": self.warm, "required": False}
+        if self.preload_error is not None:
+            checks["warm"]["error"] = self.preload_error
         return checks
 
     async def start(self) -> None:
@@ -105,10 +108,15 @@ class Services:
             await self.webhooks.start()
 
     async def _preload(self) -> None:
-        await asyncio.to_thread(self.runner.loop.preload)
-        await asyncio.to_thread(preload_prices)
-        collector.settle(self.settings.gc_full_every)
-        self.warm = True
+        try:
+            await asyncio.to_thread(self.runner.loop.preload)
+            await asyncio.to_thread(preload_prices)
+            collector.settle(self.settings.gc_full_every)
+        except Exception as exc:  # nothing waits on it: the first turns load what they need themselves
+            log.exception("start-up preload failed")
+            self.preload_error = type(exc).__name__
+        else:
+            self.warm = True
 
     async def close(self) -> None:
         if self.run_pool is not None:  # runs: first, so shutdown's cancelled turns are retried later

@@ -15,6 +15,7 @@ from chambers.bus.queues import HEARTBEAT, Heartbeat, take
 from chambers.core.events import (
     MESSAGE_PART_UPDATED,
     TURN_COMPLETED,
+    TURN_STATUS,
     Event,
     Replay,
     encode_data,
@@ -25,6 +26,11 @@ _CLOSED = object()
 
 _RECENT_PARTS = 4
 """How many text parts per session may extend their shared text; one streams at a time in a turn."""
+
+
+_RECENT_S = 60.0
+"""A buffer used this recently is never dropped to make room: one seeded for a turn or a stream does not
+show it is in use until the turn's first event or the subscription, a moment later."""
 
 
 class _Shared:
@@ -100,8 +106,8 @@ class _Log:
         self.next_key = 0
         self.subscribers: set[asyncio.Queue[Any]] = set()
         self.turn: str | None = None
-        """The turn that published last, until its `turn.completed`: while it runs, this log alone knows
-        the session's numbering (the store learns it when the turn ends), so it is never dropped."""
+        """The turn publishing here, until it ends or waits for an answer: while it runs, this log alone
+        knows the session's numbering (the store learns it then), so it is never dropped."""
         self.writing: tuple[int, str, str, int] | None = None
         """The part streaming now: its key, the JSON of its data up to the text, its text so far
         JSON-escaped, and that text's length."""
@@ -110,7 +116,11 @@ class _Log:
         """Buffer a published event (a text update by its place in the part's text, any other as JSON)
         and return its JSON, which the live subscribers send: it is encoded once either way."""
         if turn_id is not None:
-            self.turn = None if kind == TURN_COMPLETED else turn_id
+            if kind == TURN_COMPLETED or (kind == TURN_STATUS and data.get("status") == "waiting_for_input"):
+                if turn_id == self.turn:
+                    self.turn = None
+            else:
+                self.turn = turn_id
         streamed = streamed_text(kind, data)
         if streamed is not None:
             part_id, text, delta = streamed
@@ -193,10 +203,11 @@ class _Log:
 class MemoryEventBus:
     """The EventBus for one process. A slow subscriber past `queue_limit` is dropped (it can resume).
 
-    A session's buffer is dropped once it has gone `idle_s` seconds unused with no subscriber (0 keeps
-    every one for the process's life), as Redis expires its keys, or when more than `max_sessions` are
-    held, least recently used first: a later replay reports the gap, and numbering goes on from the
-    store's count (`seed`). A buffer with a subscriber or a running turn is never dropped.
+    A session's buffer is dropped once it has gone `idle_s` seconds unused (0 keeps every one for the
+    process's life), as Redis expires its keys, and, least recently used first, when more than
+    `max_sessions` would be held: a later replay reports the gap, and numbering goes on from the store's
+    count (`seed`). A buffer someone follows or a turn runs on is never dropped, nor, to make room, one
+    used in the last minute: the cap gives way to them.
     """
 
     def __init__(
@@ -218,14 +229,15 @@ class MemoryEventBus:
 
     def _log(self, session_id: str) -> _Log:
         logs = self._logs
+        now = self._clock()
         log = logs.get(session_id)
         if log is None:
-            if len(logs) >= self.max_sessions:
-                self._make_room()
+            if len(logs) >= self.max_sessions:  # the cap gives way to buffers in use or used just now
+                self._drop_unused(now, now - _RECENT_S, len(logs) + 1 - self.max_sessions)
             log = logs[session_id] = _Log(session_id, self.buffer_size)
         else:
             logs.move_to_end(session_id)
-        log.used = self._clock()
+        log.used = now
         return log
 
     def _sweep(self, now: float) -> None:
@@ -233,27 +245,22 @@ class MemoryEventBus:
         if not self.idle_s or now < self._next_sweep:
             return
         self._next_sweep = now + min(60.0, self.idle_s)
-        logs, before = self._logs, now - self.idle_s
-        while logs:
+        self._drop_unused(now, now - self.idle_s)
+
+    def _drop_unused(self, now: float, before: float, count: int | None = None) -> None:
+        """Drop up to `count` (all, if None) of the buffers last used before `before`, least recently
+        used first. One someone follows or a turn runs on is in use: it counts as used `now` instead."""
+        logs = self._logs
+        while logs and count != 0:
             session_id, log = next(iter(logs.items()))
             if log.used >= before:
                 return
-            if log.subscribers:  # someone still follows it: in use
+            if log.subscribers or log.turn is not None:
                 log.used = now
                 logs.move_to_end(session_id)
             else:
                 del logs[session_id]
-
-    def _make_room(self) -> None:
-        """Drop the least recently used buffer that no one follows and no turn writes to, if any. Those
-        skipped move to the newest end, so a full bus of running turns costs one pass, not one per call."""
-        logs = self._logs
-        for _ in range(len(logs)):
-            session_id, log = next(iter(logs.items()))
-            if not log.subscribers and log.turn is None:
-                del logs[session_id]
-                return
-            logs.move_to_end(session_id)
+                count = None if count is None else count - 1
 
     def sessions(self) -> int:
         """How many sessions' buffers this bus holds."""
