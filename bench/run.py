@@ -314,6 +314,9 @@ def main() -> None:
         help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
     )
     parser.add_argument("--report-only", type=Path, help="re-render a saved results JSON, run nothing")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print the table only: no results file, plots or docs"
+    )
     args = parser.parse_args()
     if args.report_only:
         doc = json.loads(args.report_only.read_text())
@@ -325,8 +328,13 @@ def main() -> None:
         if only is not None and only - set(SCENARIOS):
             parser.error(f"unknown scenarios: {', '.join(sorted(only - set(SCENARIOS)))}")
         doc = run(args.kind, only)
-        print(f"results: {save(doc).relative_to(ROOT)}")
+        if not args.no_write:
+            print(f"results: {save(doc).relative_to(ROOT)}")
     print(report.table(doc))
+    if args.no_write:
+        if report.failures(doc):
+            sys.exit("benchmarks incomplete: " + "; ".join(report.failures(doc)))
+        return
     if doc.get("only"):
         for written in report.plot(doc):
             print(f"wrote {written.relative_to(ROOT)}")
