@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -298,10 +299,8 @@ def server_env(upstream_url: str) -> dict[str, str]:
 def reference_op_us(rounds: int = 5, ops: int = 20_000) -> float:
     """How fast this VM runs Python now: µs per op of a fixed mix of what the server does per event
     (a dict built, encoded to JSON, decoded, a string grown and formatted), the median of `rounds`.
-    The same machine has been seen 1.5 times slower from one hour to the next; runs compare only
-    when this is close."""
-    import json
-
+    The VM has been seen up to twice as slow from one hour to the next, and the checkout moves
+    between hosts: runs compare only when this is close."""
     times: list[float] = []
     for _ in range(rounds):
         started = time.perf_counter()
