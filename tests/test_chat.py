@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import auth
 from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, Tokens, Usage
 from tests.support.server import ServerProcess
+from tests.support.services import holding_writes
 from tests.support.sse import events, read_until, turn_done
 
 SEED_TURN_EVENTS = [
@@ -316,6 +317,32 @@ def test_cancel_stops_a_slow_turn_and_keeps_the_partial_answer(
     assert upstream.requests[-1].contains("slow ")  # the partial answer stays in the model's history
     nothing = admin.post(f"/agent/v1/chat/{chat_id}/cancel", json={})
     assert nothing.status_code == 200 and nothing.json()["cancelled"] is False
+
+
+def test_a_cancel_outlasting_its_grace_lets_a_finishing_turn_finish(
+    make_server: Any, upstream: FakeUpstream
+) -> None:
+    """The run stops at once, but the database stalls while the turn records its end. The cancel's
+    forced stop after its grace must not cut that short: the turn still ends with `turn.completed`,
+    its outcome is stored, and the session takes the next message."""
+    proc: ServerProcess = make_server(CHAMBERS_CANCEL_GRACE_S="0.2")
+    upstream.script(Reply([Tokens(2000, text="slow ")], gap=0.05), Reply([Text("after the stall")]))
+    # No keep-alive within the client's read timeout: a turn that never ends fails the test, not hangs it.
+    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=10) as client:
+        chat_id = new_chat(client)
+        body = {"parts": [{"type": "text", "text": "talk forever"}]}
+        with client.stream("POST", f"/agent/v1/chat/{chat_id}/respond", json=body) as response:
+            read_until(response, lambda e: e.event == "message.part.updated")
+            with holding_writes(proc.env, proc.data_dir):
+                cancelled = client.post(f"/agent/v1/chat/{chat_id}/cancel", json={})
+                assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+                running = client.get(f"/agent/v1/chat/{chat_id}").json()
+                assert running["activeTurnId"] is not None  # still recording its end, behind the lock
+            rest = read_until(response, turn_done())
+        assert rest[-1].data["status"] == "cancelled"
+        turn = client.get(f"/agent/v1/chat/{chat_id}/turns/{rest[-1].data['turnId']}").json()
+        assert turn["status"] == "cancelled"
+        assert say(client, chat_id, "next").json()["parts"][0]["text"] == "after the stall"
 
 
 @pytest.mark.parametrize(

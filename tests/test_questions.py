@@ -179,6 +179,14 @@ def test_cancel_while_waiting_drops_the_question(admin: httpx.Client, upstream: 
     assert late.status_code == 409 and late.json()["error"]["code"] == "QUESTION_CLOSED"
     after = admin.post(f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "new"}]})
     assert after.status_code == 200 and after.json()["parts"][0]["text"] == "Starting over."
+    # The dropped question is closed with a result in the history, as the providers require (the fake
+    # refuses a dangling call as they do).
+    sent = upstream.requests[-1]
+    assert sent.wire == "anthropic" and sent.contains("ask_user")
+    blocks = [[b for b in m["content"] if isinstance(b, dict)] for m in sent.json["messages"]]
+    at = next(i for i, found in enumerate(blocks) if any(b["type"] == "tool_use" for b in found))
+    call_id = next(b["id"] for b in blocks[at] if b["type"] == "tool_use")
+    assert any(b["type"] == "tool_result" and b["tool_use_id"] == call_id for b in blocks[at + 1])
     part = admin.get(f"/agent/v1/chat/{chat_id}/messages").json()["data"][1]["parts"][0]
     assert part["type"] == "question" and part["status"] == "dropped"
 

@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         default_factory=dict, description="Cost per call, by tool name."
     )
     question_timeout_s: float = Field(default=3600.0, gt=0)
+    cancel_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long a cancel waits for the turn to stop before forcing it.",
+    )
 
     # webhooks (src/chambers/webhooks)
     webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(

@@ -230,6 +230,7 @@ async def build_services(settings: Settings) -> Services:
         max_requests=settings.max_model_requests_per_turn,
         tool_costs_micros=settings.tool_costs_micros,
         question_timeout_s=settings.question_timeout_s,
+        cancel_grace_s=settings.cancel_grace_s,
         lease_s=settings.lease_s,
         checkpoint_turns=settings.checkpoint_turns
         if settings.checkpoint_turns is not None

@@ -226,6 +226,49 @@ def _error_body(wire: Wire, status: int, message: str) -> dict[str, Any]:
     return _openai_error(status, message) if wire == "openai" else _anthropic_error(status, message)
 
 
+def _unanswered_calls(wire: Wire, body: dict[str, Any]) -> str | None:
+    """The provider's 400 message for a history whose tool calls lack results, as the real APIs refuse."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    if wire == "openai":
+        waiting: list[str] = []
+        for message in [*messages, {"role": "end"}]:
+            if not isinstance(message, dict):
+                continue
+            if message.get("role") == "tool" and message.get("tool_call_id") in waiting:
+                waiting.remove(message["tool_call_id"])
+                continue
+            if waiting:
+                return (
+                    "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                    "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+                    + ", ".join(waiting)
+                )
+            if message.get("role") == "assistant":
+                waiting = [str(call.get("id")) for call in message.get("tool_calls") or []]
+        return None
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        used = [b.get("id") for b in _blocks(message) if b.get("type") == "tool_use"]
+        after = messages[index + 1] if index + 1 < len(messages) else {}
+        results = {b.get("tool_use_id") for b in _blocks(after) if b.get("type") == "tool_result"}
+        missing = [str(call_id) for call_id in used if call_id not in results]
+        if missing:
+            return (
+                f"messages.{index + 1}: `tool_use` ids were found without `tool_result` blocks immediately "
+                f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
+                "`tool_result` block in the next message."
+            )
+    return None
+
+
+def _blocks(message: Any) -> list[dict[str, Any]]:
+    content = message.get("content") if isinstance(message, dict) else None
+    return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+
+
 class _OpenAIEncoder:
     """Chat Completions `chat.completion.chunk` SSE stream."""
 
@@ -669,6 +712,13 @@ class FakeUpstream:
         if not isinstance(body, dict):
             return JSONResponse(_error_body(wire, 400, "body is not a JSON object"), status_code=400)
         rec = RecordedRequest(path=request.url.path, json=body, headers=dict(request.headers), wire=wire)
+        refused = _unanswered_calls(wire, body)
+        if refused is not None:  # before the script: the reply stays for the request that should get it
+            with self._cond:
+                self.requests.append(rec)
+                rec.outcome = "done"
+                self._notify_locked()
+            return JSONResponse(_error_body(wire, 400, refused), status_code=400)
         with self._cond:
             reply = self._queue.popleft() if self._queue else _sized(self.default_reply, raw)
             self.requests.append(rec)

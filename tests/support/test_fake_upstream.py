@@ -406,6 +406,35 @@ async def test_mid_stream_error(up: FakeUpstream) -> None:
                 pass
 
 
+async def test_tool_calls_without_results_are_refused_as_the_providers_do(up: FakeUpstream) -> None:
+    """A history whose tool call has no result is a 400 from OpenAI and Anthropic; the fake says so too,
+    so every test of the server also checks the histories it sends. The scripted reply waits."""
+    up.script(Reply([Text("answered")]))
+    call = {"id": "call_1", "type": "function", "function": {"name": "shell", "arguments": "{}"}}
+    asked: Any = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    again: Any = {"role": "user", "content": "again"}
+    async with openai_client(up) as client:
+        with pytest.raises(openai.BadRequestError, match="call_1"):
+            await client.chat.completions.create(model="gpt-4o", messages=[*asked, again])
+        answered: Any = [*asked, {"role": "tool", "tool_call_id": "call_1", "content": "ok"}, again]
+        done = await client.chat.completions.create(model="gpt-4o", messages=answered)
+    assert done.choices[0].message.content == "answered"
+    up.script(Reply([Text("answered")]))
+    use = {"type": "tool_use", "id": "toolu_1", "name": "shell", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+    used: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [use]}]
+    async with anthropic_client(up) as client:
+        with pytest.raises(anthropic.BadRequestError, match="toolu_1"):
+            await client.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=[*used, again])
+        closed: Any = [*used, {"role": "user", "content": [result, {"type": "text", "text": "again"}]}]
+        reply = await client.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=closed)
+    assert reply.content[0].type == "text" and reply.content[0].text == "answered"
+    assert [r.outcome for r in up.requests] == ["done"] * 4
+
+
 # --- CLI --------------------------------------------------------------------------------------------------
 
 

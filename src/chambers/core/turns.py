@@ -60,6 +60,7 @@ class TurnPolicy:
     tool_costs_micros: dict[str, int] = field(default_factory=dict)
     question_timeout_s: float = 3600.0
     cancel_grace_s: float = 5.0
+    """How long a cancel waits for the run to stop before it forces the stop, and again after."""
     lease_s: float = 15.0
     checkpoint_turns: bool = False
     """Snapshot the sandbox after each tool-using turn, so another replica can take the session over."""
@@ -83,6 +84,8 @@ class _Active:
     run: LoopRun | None = None
     task: asyncio.Task[None] | None = None
     cancelled: bool = False
+    finishing: bool = False
+    """The run is over and the turn is recording its end: it must not be cancelled from here on."""
 
 
 async def _make_way() -> None:
@@ -377,6 +380,7 @@ class TurnRunner:
             result = LoopResult(
                 status="failed", messages=[], error={"code": "INTERNAL", "message": type(exc).__name__}
             )
+        active.finishing = True
         if lease is not None:
             failure = await lease.settle()  # before the turn is recorded, never racing it
             if failure is not None:
@@ -691,10 +695,12 @@ class TurnRunner:
         try:
             await asyncio.wait_for(asyncio.shield(active.ticket.done), self.policy.cancel_grace_s)
         except (TimeoutError, RuntimeError):
-            if active.task is not None:
+            # A run that ignores the stop is forced. A turn already recording its end is left to finish:
+            # stopped there, it would never announce `turn.completed`, and might keep its session busy.
+            if active.task is not None and not active.finishing:
                 active.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(active.ticket.done), self.policy.cancel_grace_s)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(active.ticket.done), self.policy.cancel_grace_s)
         return {"id": session_id, "cancelled": True, "turnId": active.turn.id}
 
     async def _cancel_remote(self, session: ChatSession, turn: Turn) -> dict[str, Any]:
@@ -859,7 +865,7 @@ class TurnRunner:
 
     async def shutdown(self) -> None:
         for active in list(self._active.values()):
-            if active.task is not None:
+            if active.task is not None and not active.finishing:  # a turn's end is recorded whole
                 active.task.cancel()
         await self.wait_idle(5)
 
