@@ -211,6 +211,11 @@ def summary(doc: dict[str, Any]) -> list[Row]:
         if "floor_max_streams" in cap:
             label = "max concurrent streams of the floor (bare relay, same limit)"
             rows.append(_row(group, label, "streams", None, float(cap["floor_max_streams"]), None))
+        saturated = [level for level in cap["levels"] if level.get("direct_saturated")]
+        if saturated:  # runs since 2026-12-06 L: the machine itself could not drive that many streams
+            level = saturated[0]
+            label = f"direct baseline late at {level['level']} streams (gap p99 - p50; ramp stopped there)"
+            rows.append(_row(group, label, "ms", level["direct_late_p99_ms"], None, None))
         rows.append(_row(group, "RSS per idle session", "KB", None, cap["idle"]["per_session_kb"], None))
         memory = cap.get("memory")
         if memory:
