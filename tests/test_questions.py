@@ -8,9 +8,11 @@ from typing import Any
 import httpx
 
 from tests.conftest import auth
-from tests.support.fake_upstream import FakeUpstream, Reply, Text, ToolCall
+from tests.support.fake_upstream import FakeUpstream, Gate, Reply, Text, ToolCall
 from tests.support.server import ServerProcess
+from tests.support.services import holding_writes
 from tests.support.sse import Sse, events, read_until, turn_done
+from tests.support.waiting import eventually
 
 ASK = ToolCall("ask_user", {"question": "Which file should I use?", "options": ["a.txt", "b.txt"]})
 
@@ -189,6 +191,89 @@ def test_cancel_while_waiting_drops_the_question(admin: httpx.Client, upstream: 
     assert any(b["type"] == "tool_result" and b["tool_use_id"] == call_id for b in blocks[at + 1])
     part = admin.get(f"/agent/v1/chat/{chat_id}/messages").json()["data"][1]["parts"][0]
     assert part["type"] == "question" and part["status"] == "dropped"
+
+
+def test_cancelling_a_question_answers_the_message_call_that_waits(
+    admin: httpx.Client, upstream: FakeUpstream
+) -> None:
+    """`POST /message` waits through the turn's question; a cancel then ends the turn, and the call gets
+    the cancelled answer (it used to wait on for a turn that had ended)."""
+    chat_id = new_chat(admin)
+    upstream.script(Reply([Text("Let me ask. "), ASK]))
+    result: dict[str, httpx.Response] = {}
+    body = {"parts": [{"type": "text", "text": "go"}]}
+    sender = threading.Thread(
+        target=lambda: result.setdefault("r", admin.post(f"/agent/v1/chat/{chat_id}/message", json=body))
+    )
+    with admin.stream("GET", f"/agent/v1/chat/{chat_id}/stream") as feed:
+        sender.start()
+        read_until(feed, lambda e: e.event == "turn.status" and e.data["status"] == "waiting_for_input")
+        assert admin.post(f"/agent/v1/chat/{chat_id}/cancel", json={}).json()["cancelled"] is True
+        sender.join(20)
+    assert "r" in result, "POST /message still waited after its turn was cancelled"
+    answer = result["r"].json()
+    assert result["r"].status_code == 200 and answer["info"]["status"] == "cancelled"
+    assert [(p["type"], p.get("status")) for p in answer["parts"]] == [
+        ("text", None),
+        ("question", "dropped"),
+    ]
+
+
+def test_a_cancel_while_the_question_is_saved_ends_the_turn(make_server: Any, upstream: FakeUpstream) -> None:
+    """The model has asked, but the database stalls while the question is saved, and a cancel comes
+    then (past its grace: it cannot force a turn that is recording). Once saved, the turn ends
+    `cancelled` instead of staying parked on a question nobody will see answered."""
+    proc: ServerProcess = make_server(
+        CHAMBERS_CANCEL_GRACE_S="0.2", CHAMBERS_IDLE_TIMEOUT_MIN_MS="100", CHAMBERS_REAPER_INTERVAL_S="0.2"
+    )
+    upstream.script(Reply([Gate("asking"), ASK]), Reply([Text("Next.")]))
+    # No keep-alive within the client's read timeout: a turn that never ends fails the test, not hangs it.
+    with httpx.Client(base_url=proc.url, headers=auth(proc.admin_key or ""), timeout=10) as client:
+        chat_id = new_chat(client, idleTimeoutMs=300)
+        # Asleep, the session is taken before the model is asked, so nothing but the question is written
+        # once the model has answered: its event shows the run is over and the save has begun.
+        eventually(lambda: client.get(f"/agent/v1/chat/{chat_id}").json()["status"] == "idle", what="sleep")
+        body = {"parts": [{"type": "text", "text": "ask me"}]}
+        with client.stream("POST", f"/agent/v1/chat/{chat_id}/respond", json=body) as response:
+            upstream.wait_for_gate("asking")
+            with holding_writes(proc.env, proc.data_dir):
+                upstream.release("asking")
+                read_until(
+                    response, lambda e: e.event == "message.part.updated" and e.data["type"] == "question"
+                )
+                cancelled = client.post(f"/agent/v1/chat/{chat_id}/cancel", json={})
+                assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True
+            rest = read_until(response, turn_done())
+        assert rest[-1].data["status"] == "cancelled", [(e.event, e.data.get("status")) for e in rest]
+        turn = client.get(f"/agent/v1/chat/{chat_id}/turns/{rest[-1].data['turnId']}").json()
+        assert turn["status"] == "cancelled"
+        after = client.post(
+            f"/agent/v1/chat/{chat_id}/message", json={"parts": [{"type": "text", "text": "go"}]}
+        )
+        assert after.status_code == 200 and after.json()["parts"][0]["text"] == "Next."
+
+
+def test_a_turn_resumed_after_a_dropped_question_sends_a_valid_history(
+    admin: httpx.Client, upstream: FakeUpstream
+) -> None:
+    """The first turn's question is dropped by a cancel; the next turn asks again and is answered. The
+    resumed request carries both turns, the dropped call closed (the fake, like the providers, refuses
+    a call without a result)."""
+    chat_id = new_chat(admin)
+    upstream.script(Reply([ASK]), Reply([ASK]), Reply([Text("Using b.txt.")]))
+    _seen, (context, response) = ask_and_wait(admin, chat_id)
+    assert admin.post(f"/agent/v1/chat/{chat_id}/cancel", json={}).json()["cancelled"] is True
+    read_until(response, turn_done())
+    context.__exit__(None, None, None)
+    seen, (context, response) = ask_and_wait(admin, chat_id, "try again")
+    request_id = next(e for e in seen if e.event == "question").data["requestID"]
+    replied = admin.post(f"/agent/v1/chat/{chat_id}/question/{request_id}/reply", json={"text": "b.txt"})
+    assert replied.status_code == 200
+    rest = read_until(response, turn_done())
+    context.__exit__(None, None, None)
+    assert rest[-1].data["status"] == "completed", rest[-1].data
+    resumed = upstream.requests[-1]
+    assert resumed.contains("b.txt") and resumed.contains("try again")
 
 
 def test_ending_a_session_cancels_a_waiting_question(admin: httpx.Client, upstream: FakeUpstream) -> None:

@@ -77,7 +77,8 @@ def not_configured(exc: Exception) -> LoopResult:
 
 
 def load_history(request: TurnRequest) -> list[ModelMessage]:
-    """The session's history as messages. A new prompt (not answers) first closes out the calls a turn
-    cancelled mid-tool or while a question waited left unanswered, so the provider accepts it."""
+    """The session's history as messages, with the calls that earlier turns left unanswered (cancelled
+    mid-tool, or while a question waited) closed out, so the provider accepts it. A turn resumed with
+    answers keeps its last response's calls open: the answers and the remaining tools close them."""
     history = ModelMessagesTypeAdapter.validate_python(request.history) if request.history else []
-    return repair_messages(history) if history and not request.answers else history
+    return repair_messages(history, repair_last_response=not request.answers) if history else history

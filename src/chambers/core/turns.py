@@ -394,6 +394,8 @@ class TurnRunner:
         try:
             if result.status == "waiting":
                 await self._wait_for_answer(session, active, builder, result, tool_usage)
+                if active.cancelled:  # the cancel came while the question was being saved
+                    await self._cancel_waiting(session, turn)
             else:
                 await self._finish(session, active, builder, result, tool_usage)
         except Exception:
@@ -831,7 +833,7 @@ class TurnRunner:
         turn.assistant_message_id = pending.get("messageId")
         await self.bus.seed(session.id, session.event_seq)
         message_id = turn.assistant_message_id or new_id("msg")
-        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        done = self._future_for(turn.id)  # a `POST /message` that started the turn still waits on it
         active = _Active(
             turn=turn, ticket=TurnTicket(turn.id, session.id, message_id, 0, done), cancelled=True
         )
