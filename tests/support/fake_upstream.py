@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import itertools
 import json
 import re
 import socket
@@ -231,35 +232,29 @@ def _unanswered_calls(wire: Wire, body: dict[str, Any]) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return None
-    if wire == "openai":
-        waiting: list[str] = []
-        for message in [*messages, {"role": "end"}]:
-            if not isinstance(message, dict):
-                continue
-            if message.get("role") == "tool" and message.get("tool_call_id") in waiting:
-                waiting.remove(message["tool_call_id"])
-                continue
-            if waiting:
-                return (
-                    "An assistant message with 'tool_calls' must be followed by tool messages responding to "
-                    "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
-                    + ", ".join(waiting)
-                )
-            if message.get("role") == "assistant":
-                waiting = [str(call.get("id")) for call in message.get("tool_calls") or []]
-        return None
+    messages = [m if isinstance(m, dict) else {} for m in messages]
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") != "assistant":
+        if message.get("role") != "assistant":
             continue
-        used = [b.get("id") for b in _blocks(message) if b.get("type") == "tool_use"]
-        after = messages[index + 1] if index + 1 < len(messages) else {}
-        results = {b.get("tool_use_id") for b in _blocks(after) if b.get("type") == "tool_result"}
-        missing = [str(call_id) for call_id in used if call_id not in results]
+        if wire == "openai":  # each call answered by one of the `tool` messages right after
+            used = [call.get("id") for call in message.get("tool_calls") or []]
+            answers = itertools.takewhile(lambda m: m.get("role") == "tool", messages[index + 1 :])
+            replies = [m.get("tool_call_id") for m in answers]
+        else:  # each `tool_use` answered by a `tool_result` block of the next message
+            used = [b.get("id") for b in _blocks(message) if b.get("type") == "tool_use"]
+            after = messages[index + 1] if index + 1 < len(messages) else {}
+            replies = [b.get("tool_use_id") for b in _blocks(after) if b.get("type") == "tool_result"]
+        missing = ", ".join(str(call_id) for call_id in used if call_id not in replies)
+        if missing and wire == "openai":
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+                f"each 'tool_call_id'. The following tool_call_ids did not have response messages: {missing}"
+            )
         if missing:
             return (
                 f"messages.{index + 1}: `tool_use` ids were found without `tool_result` blocks immediately "
-                f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
-                "`tool_result` block in the next message."
+                f"after: {missing}. Each `tool_use` block must have a corresponding `tool_result` block in "
+                "the next message."
             )
     return None
 
