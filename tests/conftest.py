@@ -150,7 +150,12 @@ def auth(key: str) -> dict[str, str]:
 @pytest.fixture
 def admin(server: ServerProcess) -> Iterator[httpx.Client]:
     assert server.admin_key
-    with httpx.Client(base_url=server.url, headers=auth(server.admin_key), timeout=30) as client:
+    # Idle connections are dropped before uvicorn's 5 s keep-alive closes them (httpx keeps them 5 s too):
+    # reusing one just as the server closes it is a `Connection reset by peer` nothing retries.
+    limits = httpx.Limits(keepalive_expiry=2)
+    with httpx.Client(
+        base_url=server.url, headers=auth(server.admin_key), timeout=30, limits=limits
+    ) as client:
         yield client
 
 
